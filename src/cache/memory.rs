@@ -1,0 +1,95 @@
+//! The bounded in-process layer that stands in while Redis is unreachable.
+//!
+//! It mirrors every write so that a Redis outage starts with warm data, and
+//! is only read when Redis cannot be asked. Entries live for their TTL plus
+//! the stale-if-error window, like their Redis copies.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+use super::entry::{Envelope, Payload};
+
+#[derive(Clone)]
+struct Stored {
+    env: Arc<Envelope>,
+    keep_for: Duration,
+}
+
+struct KeepFor;
+
+impl moka::Expiry<String, Stored> for KeepFor {
+    fn expire_after_create(&self, _k: &String, v: &Stored, _now: Instant) -> Option<Duration> {
+        Some(v.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _k: &String,
+        v: &Stored,
+        _now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.keep_for)
+    }
+}
+
+pub struct MemoryLayer {
+    entries: Cache<String, Stored>,
+}
+
+impl MemoryLayer {
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(KeepFor)
+                .support_invalidation_closures()
+                .build(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Envelope>> {
+        self.entries.get(key).map(|s| s.env)
+    }
+
+    pub fn insert(&self, key: &str, env: Arc<Envelope>, stale_window: Duration) {
+        let ttl = Duration::from_millis(env.ttl_ms);
+        let keep_for = match env.payload {
+            Payload::Data(_) => ttl + stale_window,
+            Payload::NoData { .. } => ttl,
+        };
+        self.entries.insert(key.to_owned(), Stored { env, keep_for });
+    }
+
+    /// Removes matching entries and returns how many there were.
+    pub fn remove_matching(&self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> u64 {
+        let pred = Arc::new(pred);
+        let n = self.entries.iter().filter(|(k, _)| pred(k.as_str())).count() as u64;
+        let p = Arc::clone(&pred);
+        if self
+            .entries
+            .invalidate_entries_if(move |k, _| p(k.as_str()))
+            .is_err()
+        {
+            // Closures not supported would be a build error of ours; fall back
+            // to removing one by one.
+            let keys: Vec<_> = self
+                .entries
+                .iter()
+                .filter(|(k, _)| pred(k.as_str()))
+                .map(|(k, _)| k)
+                .collect();
+            for k in keys {
+                self.entries.invalidate(k.as_str());
+            }
+        }
+        n
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}

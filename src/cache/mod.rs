@@ -1,0 +1,327 @@
+//! The two cache layers behind one interface: Redis first, the bounded
+//! in-process memory layer whenever Redis cannot be asked.
+
+mod entry;
+mod key;
+mod memory;
+mod redis_store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::FutureExt;
+
+pub use entry::{DataDoc, DecodeError, Envelope, Payload, now_ms};
+pub use key::{CacheKey, KeySpace, Selector};
+pub use memory::MemoryLayer;
+pub use redis_store::{Conn, RedisStore, StoreError};
+
+use crate::config::{CacheConfig, RedisConfig};
+use crate::metrics::{Metrics, PluginMetrics};
+use crate::model::DateRange;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Redis,
+    Memory,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Redis => "redis",
+            Layer::Memory => "memory",
+        }
+    }
+}
+
+/// An entry found in a layer; fresh or stale is for the caller to decide.
+#[derive(Clone)]
+pub struct Found {
+    pub env: Arc<Envelope>,
+    pub layer: Layer,
+}
+
+pub struct Cache {
+    space: KeySpace,
+    redis: Arc<RedisStore>,
+    memory: MemoryLayer,
+    settings: ArcSwap<CacheConfig>,
+    metrics: Arc<Metrics>,
+}
+
+/// How long index sets outlive their newest entry, so an index never
+/// disappears while it still names live keys.
+const INDEX_SLACK: Duration = Duration::from_secs(86400);
+
+impl Cache {
+    pub fn new(redis_cfg: RedisConfig, cache_cfg: CacheConfig, metrics: Arc<Metrics>) -> Self {
+        let space = KeySpace::new(&redis_cfg.key_prefix, redis_cfg.cluster);
+        Self {
+            space,
+            memory: MemoryLayer::new(cache_cfg.memory_max_entries),
+            redis: RedisStore::new(redis_cfg, Arc::clone(&metrics)),
+            settings: ArcSwap::from_pointee(cache_cfg),
+            metrics,
+        }
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.space
+    }
+
+    pub fn redis(&self) -> &Arc<RedisStore> {
+        &self.redis
+    }
+
+    pub fn settings(&self) -> Arc<CacheConfig> {
+        self.settings.load_full()
+    }
+
+    /// Applies a reloaded `[cache]` section (the memory bound stays until restart).
+    pub fn set_settings(&self, cfg: CacheConfig) {
+        self.settings.store(Arc::new(cfg));
+    }
+
+    pub fn memory_entries(&self) -> u64 {
+        self.memory.entry_count()
+    }
+
+    /// Reads the entry for `key`: Redis when it answers, else the memory layer.
+    /// A value that does not decode counts as a cache error and reads as absent,
+    /// so the caller fetches and overwrites it.
+    pub async fn read(&self, key: &CacheKey, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
+        self.read_at(key.as_str(), range, pm).await
+    }
+
+    /// Reads the stale-if-error copy of `key`.
+    pub async fn read_stale(&self, key: &CacheKey, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
+        if let Some(f) = self.read_at(&key.stale(), range, pm).await {
+            return Some(f);
+        }
+        // The memory layer keeps entries for TTL + stale window under the main key.
+        self.memory.get(key.as_str()).map(|env| Found {
+            env,
+            layer: Layer::Memory,
+        })
+    }
+
+    async fn read_at(&self, key: &str, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
+        let k = key.to_owned();
+        let got = self
+            .redis
+            .call("GET", move |mut c| {
+                async move { redis::cmd("GET").arg(&k).query_async::<Option<Vec<u8>>>(&mut c).await }
+                    .boxed()
+            })
+            .await;
+        match got {
+            Ok(Some(bytes)) => match Envelope::decode(&bytes, range) {
+                Ok(env) => Some(Found {
+                    env: Arc::new(env),
+                    layer: Layer::Redis,
+                }),
+                Err(e) => {
+                    pm.errors.inc();
+                    tracing::warn!(key, error = %e, "corrupt cache value in redis; treating it as a miss and overwriting it");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                if !matches!(e, StoreError::Skipped) {
+                    pm.errors.inc();
+                }
+                self.memory.get(key).map(|env| Found {
+                    env,
+                    layer: Layer::Memory,
+                })
+            }
+        }
+    }
+
+    /// Stores an entry in both layers. Returns the layer that will serve it.
+    pub async fn write(
+        &self,
+        key: &CacheKey,
+        plugin: &str,
+        ticker: &str,
+        env: Arc<Envelope>,
+        pm: &PluginMetrics,
+    ) -> Layer {
+        let stale = self.settings.load().stale_if_error;
+        self.memory.insert(key.as_str(), Arc::clone(&env), stale);
+        let ttl = Duration::from_millis(env.ttl_ms.max(1));
+        let keep_stale = matches!(env.payload, Payload::Data(_)) && !stale.is_zero();
+        let bytes = env.encode();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key.as_str())
+            .arg(&bytes)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore();
+        if keep_stale {
+            pipe.cmd("SET")
+                .arg(key.stale())
+                .arg(&bytes)
+                .arg("PX")
+                .arg((ttl + stale).as_millis() as u64)
+                .ignore();
+        }
+        let index = self.space.ticker_index(plugin, ticker);
+        let index_life = (ttl + stale + INDEX_SLACK).as_millis() as u64;
+        pipe.cmd("SADD").arg(&index).arg(key.as_str()).ignore();
+        pipe.cmd("PEXPIRE").arg(&index).arg(index_life).arg("GT").ignore();
+        // PEXPIRE GT does nothing on a key without expiry: set one if missing.
+        pipe.cmd("PEXPIRE").arg(&index).arg(index_life).arg("NX").ignore();
+        if !self.space_is_cluster() {
+            pipe.cmd("SADD")
+                .arg(self.space.plugin_index(plugin))
+                .arg(ticker)
+                .ignore();
+            pipe.cmd("SADD")
+                .arg(self.space.plugins_index())
+                .arg(plugin)
+                .ignore();
+        }
+        let res = self
+            .redis
+            .call("SET", move |mut c| async move { pipe.query_async::<()>(&mut c).await }.boxed())
+            .await;
+        if self.space_is_cluster() && res.is_ok() {
+            // Index sets of other slots: separate calls (a cluster pipeline
+            // must not mix slots).
+            for (set, member) in [
+                (self.space.plugin_index(plugin), ticker.to_owned()),
+                (self.space.plugins_index(), plugin.to_owned()),
+            ] {
+                let _ = self
+                    .redis
+                    .call("SADD", move |mut c| {
+                        async move { redis::cmd("SADD").arg(set).arg(member).query_async::<()>(&mut c).await }
+                            .boxed()
+                    })
+                    .await;
+            }
+        }
+        match res {
+            Ok(()) => Layer::Redis,
+            Err(e) => {
+                if !matches!(e, StoreError::Skipped) {
+                    pm.errors.inc();
+                }
+                Layer::Memory
+            }
+        }
+    }
+
+    fn space_is_cluster(&self) -> bool {
+        self.redis.config().cluster
+    }
+
+    /// Deletes entries matching `sel` from both layers without `KEYS`: the
+    /// per-ticker index sets name every entry key. `known_plugins` widens a
+    /// ticker-only selection to plugins the index may not list yet.
+    /// Returns how many entries were deleted.
+    pub async fn invalidate(&self, sel: &Selector, known_plugins: &[String]) -> Result<u64, StoreError> {
+        let space = self.space.clone();
+        let s = sel.clone();
+        let mem_removed = self.memory.remove_matching(move |k| CacheKey::from(k.to_owned()).matches(&space, &s));
+
+        let plugins: Vec<String> = match &sel.plugin {
+            Some(p) => vec![p.to_string()],
+            None => {
+                let set = self.space.plugins_index();
+                let mut names: Vec<String> = self
+                    .redis
+                    .call("SMEMBERS", move |mut c| {
+                        async move { redis::cmd("SMEMBERS").arg(set).query_async::<Vec<String>>(&mut c).await }
+                            .boxed()
+                    })
+                    .await?;
+                names.extend(known_plugins.iter().cloned());
+                names.sort();
+                names.dedup();
+                names
+            }
+        };
+        let mut deleted = 0u64;
+        for plugin in plugins {
+            let tickers: Vec<String> = match &sel.ticker {
+                Some(t) => vec![t.to_string()],
+                None => {
+                    let set = self.space.plugin_index(&plugin);
+                    self.redis
+                        .call("SMEMBERS", move |mut c| {
+                            async move { redis::cmd("SMEMBERS").arg(set).query_async::<Vec<String>>(&mut c).await }
+                                .boxed()
+                        })
+                        .await?
+                }
+            };
+            for ticker in tickers {
+                deleted += self.invalidate_ticker(&plugin, &ticker, sel.range.as_ref()).await?;
+            }
+            if sel.ticker.is_none() && sel.range.is_none() {
+                let set = self.space.plugin_index(&plugin);
+                self.redis
+                    .call("DEL", move |mut c| {
+                        async move { redis::cmd("DEL").arg(set).query_async::<()>(&mut c).await }.boxed()
+                    })
+                    .await?;
+            }
+        }
+        tracing::debug!(deleted, mem_removed, "invalidated");
+        Ok(deleted)
+    }
+
+    async fn invalidate_ticker(&self, plugin: &str, ticker: &str, range: Option<&DateRange>) -> Result<u64, StoreError> {
+        let index = self.space.ticker_index(plugin, ticker);
+        let idx = index.clone();
+        let members: Vec<String> = self
+            .redis
+            .call("SMEMBERS", move |mut c| {
+                async move { redis::cmd("SMEMBERS").arg(idx).query_async::<Vec<String>>(&mut c).await }.boxed()
+            })
+            .await?;
+        let targets: Vec<String> = members
+            .into_iter()
+            .filter(|k| range.is_none_or(|r| CacheKey::has_range(k, r)))
+            .collect();
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let whole = range.is_none();
+        let cluster = self.space_is_cluster();
+        let t = targets.clone();
+        let deleted: u64 = self
+            .redis
+            .call("DEL", move |mut c| {
+                async move {
+                    // Entries and their stale copies share the hash tag in
+                    // cluster mode, so one DEL per key set stays in one slot.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("DEL").arg(&t);
+                    let stale: Vec<String> = t.iter().map(|k| format!("{k}:stale")).collect();
+                    pipe.cmd("DEL").arg(&stale).ignore();
+                    if whole {
+                        pipe.cmd("DEL").arg(&index).ignore();
+                    } else {
+                        pipe.cmd("SREM").arg(&index).arg(&t).ignore();
+                    }
+                    let _ = cluster;
+                    let (n,): (u64,) = pipe.query_async(&mut c).await?;
+                    Ok(n)
+                }
+                .boxed()
+            })
+            .await?;
+        Ok(deleted)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}

@@ -1,0 +1,262 @@
+//! The Redis connection with a circuit breaker.
+//!
+//! Every call is bounded by `op_timeout`. A failure opens the breaker: calls
+//! are skipped (the memory layer serves) until a background supervisor has
+//! reconnected and seen a `PING` answered. Requests therefore never wait on
+//! a reconnect, which is what makes "Redis failure is not request failure"
+//! hold even when Redis hangs (SIGSTOP) rather than refusing connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::sync::Notify;
+
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+
+/// One Redis deployment, standalone or cluster, behind one interface.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis is marked down; skipping it until the background reconnect succeeds")]
+    Skipped,
+    #[error("redis {op} did not answer within {timeout:?}")]
+    Timeout { op: &'static str, timeout: Duration },
+    #[error("redis {op} failed: {message}")]
+    Redis { op: &'static str, message: String },
+}
+
+pub struct RedisStore {
+    cfg: RedisConfig,
+    conn: ArcSwapOption<Conn>,
+    up: AtomicBool,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisStore {
+    pub fn new(cfg: RedisConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        metrics.redis_up.set(0);
+        Arc::new(Self {
+            cfg,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            wake: Notify::new(),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Where the daemon connects, with any password masked, for log lines.
+    pub fn display_url(&self) -> String {
+        let targets = if self.cfg.cluster && !self.cfg.nodes.is_empty() {
+            self.cfg.nodes.join(",")
+        } else {
+            self.cfg.url.clone()
+        };
+        mask_password(&targets)
+    }
+
+    async fn open(&self) -> RedisResult<Conn> {
+        let cfg = &self.cfg;
+        let conn = if cfg.cluster {
+            let nodes = if cfg.nodes.is_empty() {
+                vec![cfg.url.clone()]
+            } else {
+                cfg.nodes.clone()
+            };
+            let client = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(cfg.connect_timeout)
+                .response_timeout(cfg.op_timeout)
+                .retries(1)
+                .build()?;
+            Conn::Cluster(client.get_async_connection().await?)
+        } else {
+            let client = redis::Client::open(cfg.url.as_str())?;
+            // Explicit timeouts and a single retry: the crate's defaults wait
+            // on a shared reconnect future for seconds while Redis is down.
+            let mgr_cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(cfg.connect_timeout))
+                .set_response_timeout(Some(cfg.op_timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_millis(100));
+            Conn::Single(ConnectionManager::new_with_config(client, mgr_cfg).await?)
+        };
+        let mut probe = conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut probe).await?;
+        Ok(conn)
+    }
+
+    /// One connection attempt, bounded by the connect timeout plus `op_timeout`.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        let limit = self.cfg.connect_timeout + self.cfg.op_timeout;
+        match tokio::time::timeout(limit, self.open()).await {
+            Ok(Ok(conn)) => {
+                self.conn.store(Some(Arc::new(conn)));
+                if !self.up.swap(true, Ordering::AcqRel) {
+                    tracing::info!(redis = %self.display_url(), "redis is up; cache entries go to redis again");
+                }
+                self.metrics.redis_up.set(1);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StoreError::Redis {
+                op: "connect",
+                message: e.to_string(),
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                op: "connect",
+                timeout: limit,
+            }),
+        }
+    }
+
+    /// Keeps trying to reconnect while Redis is down. Runs for the life of the daemon.
+    pub fn spawn_supervisor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut logged_down = false;
+            loop {
+                if this.is_up() {
+                    this.wake.notified().await;
+                    // Let the back-off pass before probing again.
+                    tokio::time::sleep(this.cfg.backoff).await;
+                    continue;
+                }
+                match this.connect().await {
+                    Ok(()) => logged_down = false,
+                    Err(e) => {
+                        if !logged_down {
+                            tracing::warn!(
+                                redis = %this.display_url(), error = %e,
+                                retry_every = ?this.cfg.backoff,
+                                "redis unreachable; serving from the in-process memory cache and retrying in the background (check that redis-server is running and REDIS_URL/REDIS_HOST point at it)"
+                            );
+                            logged_down = true;
+                        }
+                        tokio::time::sleep(this.cfg.backoff).await;
+                    }
+                }
+            }
+        })
+    }
+
+    fn trip(&self, err: &StoreError) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.metrics.redis_up.set(0);
+            tracing::warn!(
+                redis = %self.display_url(), error = %err, backoff = ?self.cfg.backoff,
+                "redis call failed; skipping redis and serving from memory until it answers again"
+            );
+        }
+        self.wake.notify_one();
+    }
+
+    /// Runs one Redis operation, or fails fast while the breaker is open.
+    pub async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> BoxFuture<'static, RedisResult<T>>,
+    {
+        if !self.is_up() {
+            return Err(StoreError::Skipped);
+        }
+        let Some(conn) = self.conn.load_full() else {
+            return Err(StoreError::Skipped);
+        };
+        let timeout = self.cfg.op_timeout;
+        let res = match tokio::time::timeout(timeout, f((*conn).clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => {
+                if !is_connection_problem(&e) {
+                    // A command error (wrong type, script error) says nothing
+                    // about Redis's health: report it without tripping.
+                    return Err(StoreError::Redis {
+                        op,
+                        message: e.to_string(),
+                    });
+                }
+                StoreError::Redis {
+                    op,
+                    message: e.to_string(),
+                }
+            }
+            Err(_) => StoreError::Timeout { op, timeout },
+        };
+        self.trip(&res);
+        Err(res)
+    }
+}
+
+fn is_connection_problem(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || e.is_cluster_error()
+}
+
+fn mask_password(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(super::mask_password("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(super::mask_password("redis://h:1/0"), "redis://h:1/0");
+    }
+}

@@ -1,0 +1,333 @@
+//! The command line (SPEC §1): `serve`, `fetch`, `invalidate`, `check`, `plugins`.
+//! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cache::Selector;
+use crate::config::{Config, Flags};
+use crate::daemon::Daemon;
+use crate::model::{DateRange, PluginName, Ticker};
+use crate::pipeline::DataRequest;
+use crate::plugin::{Settings, check_source, is_meta_file, sha256_hex};
+
+#[derive(Parser, Debug)]
+#[command(name = "tickerd", version, about = "Hosts Lua market-data fetcher plugins behind one shared Redis cache")]
+pub struct Cli {
+    /// TOML config file (also TICKERD_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Plugins directory (also TICKERD_PLUGINS_DIR; default ./plugins).
+    #[arg(long = "plugins", global = true, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// HTTP address (also TICKERD_LISTEN; default 127.0.0.1:8000).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Watch the plugins directory by polling (NFS, some container mounts).
+        #[arg(long)]
+        poll: bool,
+    },
+    /// One request through the same pipeline and cache; prints the body.
+    Fetch {
+        plugin: String,
+        ticker: String,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        start: Option<String>,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        end: Option<String>,
+        #[arg(long)]
+        refresh: bool,
+        #[arg(long, value_enum, default_value_t = OutFormat::Json)]
+        format: OutFormat,
+    },
+    /// Delete cache entries; prints how many.
+    Invalidate {
+        #[arg(long)]
+        plugin: Option<String>,
+        #[arg(long)]
+        ticker: Option<String>,
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "end")]
+        start: Option<String>,
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "start")]
+        end: Option<String>,
+    },
+    /// Compile and validate plugin files (default ./plugins).
+    Check { paths: Vec<PathBuf> },
+    /// List plugins with ttl, version, status.
+    Plugins,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutFormat {
+    Json,
+    Csv,
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tickerd: {msg}");
+    ExitCode::from(2)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut flags = Flags {
+        config: cli.config.clone(),
+        plugins_dir: cli.plugins_dir.clone(),
+        ..Flags::default()
+    };
+    if let Command::Serve { listen, poll } = &cli.command {
+        flags.listen = listen.clone();
+        flags.poll = *poll;
+    }
+    let config = match Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => return usage_error(format!("configuration error: {e}")),
+    };
+    let quiet = !matches!(cli.command, Command::Serve { .. });
+    let filter = if quiet && std::env::var("TICKERD_LOG").is_err() {
+        "warn".to_owned()
+    } else {
+        config.log.clone()
+    };
+    if let Err(e) = crate::logging::init(&filter, config.log_format) {
+        return usage_error(e);
+    }
+    match cli.command {
+        Command::Serve { .. } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tickerd: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let daemon = Daemon::new(config, flags);
+            ExitCode::from(rt.block_on(crate::server::serve(daemon)))
+        }
+        Command::Fetch {
+            plugin,
+            ticker,
+            start,
+            end,
+            refresh,
+            format,
+        } => fetch(config, flags, &plugin, &ticker, start, end, refresh, format),
+        Command::Invalidate {
+            plugin,
+            ticker,
+            start,
+            end,
+        } => invalidate(config, flags, plugin, ticker, start, end),
+        Command::Check { paths } => {
+            let paths = if paths.is_empty() { vec![config.plugins_dir.clone()] } else { paths };
+            check(&paths)
+        }
+        Command::Plugins => plugins(&config),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch(
+    config: Config,
+    flags: Flags,
+    plugin: &str,
+    ticker: &str,
+    start: Option<String>,
+    end: Option<String>,
+    refresh: bool,
+    format: OutFormat,
+) -> ExitCode {
+    let today = chrono::Utc::now().date_naive();
+    let req = (|| -> Result<DataRequest, crate::model::InvalidField> {
+        Ok(DataRequest {
+            plugin: PluginName::parse(plugin)?,
+            ticker: Ticker::parse(ticker)?,
+            range: DateRange::from_request(start.as_deref(), end.as_deref(), today)?,
+            refresh,
+        })
+    })();
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => return usage_error(e),
+    };
+    let Ok(rt) = runtime() else { return ExitCode::from(1) };
+    rt.block_on(async move {
+        let daemon = Daemon::new(config, flags);
+        daemon.start().await;
+        match daemon.pipeline.get(&req).await {
+            Ok(answer) => {
+                match format {
+                    OutFormat::Json => println!("{}", String::from_utf8_lossy(&answer.to_json())),
+                    OutFormat::Csv => print!("{}", answer.to_csv()),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tickerd: {} ({}): {e}", e.code(), e.status().as_u16());
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn invalidate(
+    config: Config,
+    flags: Flags,
+    plugin: Option<String>,
+    ticker: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+) -> ExitCode {
+    let sel = (|| -> Result<Selector, crate::model::InvalidField> {
+        let range = match (&start, &end) {
+            (Some(s), Some(e)) => Some(DateRange::from_request(Some(s), Some(e), chrono::Utc::now().date_naive())?),
+            _ => None,
+        };
+        Ok(Selector {
+            plugin: plugin.as_deref().map(PluginName::parse).transpose()?,
+            ticker: ticker.as_deref().map(Ticker::parse).transpose()?,
+            range,
+        })
+    })();
+    let sel = match sel {
+        Ok(s) if s.plugin.is_none() && s.ticker.is_none() => {
+            return usage_error("invalidate needs --plugin, --ticker or both");
+        }
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let Ok(rt) = runtime() else { return ExitCode::from(1) };
+    rt.block_on(async move {
+        let daemon = Daemon::new(config, flags);
+        if let Err(e) = daemon.cache.redis().connect().await {
+            eprintln!("tickerd: cannot reach redis at {}: {e}", daemon.cache.redis().display_url());
+            return ExitCode::from(1);
+        }
+        let names: Vec<String> = plugin_files(&daemon.registry.dir()).into_iter().map(|(n, _)| n).collect();
+        match daemon.cache.invalidate(&sel, &names).await {
+            Ok(n) => {
+                println!("{n}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tickerd: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// `(name, path)` of `*.lua` files directly in `dir`.
+fn plugin_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let stem = p.file_name()?.to_str()?.strip_suffix(".lua")?.to_owned();
+            std::fs::metadata(&p).ok()?.is_file().then_some((stem, p))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(plugin_files(p).into_iter().map(|(_, f)| f));
+        } else {
+            files.push(p.clone());
+        }
+    }
+    if files.is_empty() {
+        eprintln!("tickerd: no plugin files found in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        return ExitCode::from(1);
+    }
+    let mut problems = 0;
+    let mut checked = 0;
+    for file in files {
+        let display = file.display().to_string();
+        let source = match std::fs::read_to_string(&file) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{display}:1: cannot read: {e}");
+                problems += 1;
+                continue;
+            }
+        };
+        if is_meta_file(&source) {
+            continue;
+        }
+        checked += 1;
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if let Err(e) = PluginName::parse(stem) {
+            println!("{display}:1: {}", e.message);
+            problems += 1;
+            continue;
+        }
+        match check_source(stem, &display, &source) {
+            Ok(_) => eprintln!("{display}: ok"),
+            Err(p) => {
+                println!("{p}");
+                problems += 1;
+            }
+        }
+    }
+    if problems > 0 {
+        eprintln!("{problems} problem(s) in {checked} plugin file(s)");
+        ExitCode::from(1)
+    } else {
+        eprintln!("{checked} plugin file(s) ok");
+        ExitCode::SUCCESS
+    }
+}
+
+fn plugins(config: &Config) -> ExitCode {
+    let files = plugin_files(&config.plugins_dir);
+    println!("{:<16} {:>8} {:<12} {:<6} DESCRIPTION", "NAME", "TTL", "VERSION", "STATUS");
+    let mut failed = false;
+    for (name, file) in files {
+        let Ok(source) = std::fs::read_to_string(&file) else { continue };
+        if is_meta_file(&source) {
+            continue;
+        }
+        let version = sha256_hex(source.as_bytes());
+        match check_source(&name, &file.display().to_string(), &source) {
+            Ok(m) => {
+                let s = Settings::effective(&m, &config.plugin_overrides(&name), config.cache.default_ttl);
+                println!(
+                    "{:<16} {:>8} {:<12} {:<6} {}",
+                    name,
+                    humantime::format_duration(s.ttl).to_string(),
+                    &version[..12],
+                    "ok",
+                    m.description
+                );
+            }
+            Err(p) => {
+                failed = true;
+                println!("{:<16} {:>8} {:<12} {:<6} {}", name, "-", &version[..12], "error", p);
+            }
+        }
+    }
+    let _ = Arc::new(());
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}

@@ -1,0 +1,78 @@
+//! The TOML file as written, before defaults and precedence are applied.
+//! Every table denies unknown keys so a typo is an error, not a silent default.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::duration::RawDuration;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub plugins_dir: Option<String>,
+    pub admin_token: Option<String>,
+    pub log: Option<String>,
+    pub log_format: Option<String>,
+    /// `"native"` (inotify) or `"poll"`; named `watcher` because `[[watch]]`
+    /// already names the producer's entries.
+    pub watcher: Option<String>,
+    pub poll_interval: Option<RawDuration>,
+    pub drain_timeout: Option<RawDuration>,
+    #[serde(default)]
+    pub redis: RedisSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginSection>,
+    #[serde(default)]
+    pub watch: Vec<WatchSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: Option<String>,
+    pub op_timeout: Option<RawDuration>,
+    pub connect_timeout: Option<RawDuration>,
+    pub backoff: Option<RawDuration>,
+    pub key_prefix: Option<String>,
+    pub cluster: Option<bool>,
+    pub nodes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub default_ttl: Option<RawDuration>,
+    pub stale_if_error: Option<RawDuration>,
+    pub negative_ttl: Option<RawDuration>,
+    pub memory_max_entries: Option<u64>,
+    pub l1_ttl: Option<RawDuration>,
+    pub l1_max_entries: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    pub ttl: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub max_concurrency: Option<u64>,
+    pub env: Option<Vec<String>>,
+    pub allow_hosts: Option<Vec<String>>,
+    pub memory_limit: Option<String>,
+    pub max_body: Option<String>,
+    pub states: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSection {
+    pub plugin: String,
+    pub tickers: Vec<String>,
+    pub every: RawDuration,
+    pub lookback: Option<RawDuration>,
+    pub stream: Option<String>,
+    pub maxlen: Option<u64>,
+}

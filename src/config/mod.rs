@@ -1,0 +1,574 @@
+//! Configuration: flag > environment > TOML file > default.
+//!
+//! Loading is a pure function of (flags, environment snapshot, file text) so
+//! precedence is unit-testable and a hot reload re-runs exactly the same code.
+
+mod duration;
+mod file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{ACCEPTED as DURATION_FORMS, RawDuration, parse_duration};
+use file::{FileConfig, PluginSection};
+
+use crate::model::{PluginName, Ticker};
+
+/// A configuration problem, naming the key (or flag, or variable) and what it accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Environment variables this program reads; any other `TICKERD_*` is a typo.
+pub const KNOWN_TICKERD_ENV: &[&str] = &[
+    "TICKERD_LISTEN",
+    "TICKERD_PLUGINS_DIR",
+    "TICKERD_CONFIG",
+    "TICKERD_ADMIN_TOKEN",
+    "TICKERD_LOG",
+    "TICKERD_LOG_FORMAT",
+];
+
+/// What the command line says; `None` means "not given, ask the next source".
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub listen: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub poll: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatcherKind {
+    Native,
+    Poll,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    pub url: String,
+    pub op_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long Redis is skipped after a failure before the next attempt.
+    pub backoff: Duration,
+    pub key_prefix: String,
+    pub cluster: bool,
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub default_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub negative_ttl: Duration,
+    pub memory_max_entries: u64,
+    /// In-process hot cache in front of Redis; zero turns it off.
+    pub l1_ttl: Duration,
+    pub l1_max_entries: u64,
+}
+
+/// `[plugins.<name>]`: overrides of what the plugin file declares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginOverrides {
+    pub ttl: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<usize>,
+    pub env: Option<Vec<String>>,
+    pub allow_hosts: Option<Vec<String>>,
+    pub memory_limit: Option<usize>,
+    pub max_body: Option<usize>,
+    pub states: Option<usize>,
+}
+
+/// `[[watch]]`: the producer keeps these tickers fresh and publishes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEntry {
+    pub plugin: PluginName,
+    pub tickers: Vec<Ticker>,
+    pub every: Duration,
+    pub lookback: Duration,
+    pub stream: String,
+    pub maxlen: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub plugins_dir: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub watcher: WatcherKind,
+    pub poll_interval: Duration,
+    pub drain_timeout: Duration,
+    pub redis: RedisConfig,
+    pub cache: CacheConfig,
+    pub plugins: BTreeMap<String, PluginOverrides>,
+    pub watch: Vec<WatchEntry>,
+}
+
+impl Config {
+    /// Loads from the real process environment and the config file it names.
+    pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let path = flags
+            .config
+            .clone()
+            .or_else(|| env.get("TICKERD_CONFIG").map(PathBuf::from));
+        let text = match &path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                path: p.clone(),
+                message: format!("cannot read it: {e}"),
+            })?),
+            None => None,
+        };
+        Self::resolve(flags, &env, path.as_deref(), text.as_deref())
+    }
+
+    /// Applies precedence to already-gathered sources.
+    pub fn resolve(
+        flags: &Flags,
+        env: &HashMap<String, String>,
+        path: Option<&Path>,
+        text: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        for name in env.keys().filter(|k| k.starts_with("TICKERD_")) {
+            if !KNOWN_TICKERD_ENV.contains(&name.as_str()) {
+                return Err(invalid(
+                    name.clone(),
+                    format!(
+                        "unknown environment variable; known ones are {}",
+                        KNOWN_TICKERD_ENV.join(", ")
+                    ),
+                ));
+            }
+        }
+        let file: FileConfig = match text {
+            Some(t) => toml::from_str(t).map_err(|e| ConfigError::File {
+                path: path.map(Path::to_path_buf).unwrap_or_default(),
+                message: e.to_string(),
+            })?,
+            None => FileConfig::default(),
+        };
+        let env_get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+
+        let listen_raw = flags
+            .listen
+            .clone()
+            .map(|v| ("--listen", v))
+            .or_else(|| env_get("TICKERD_LISTEN").map(|v| ("TICKERD_LISTEN", v)))
+            .or_else(|| file.listen.clone().map(|v| ("listen", v)))
+            .unwrap_or(("listen", "127.0.0.1:8000".to_owned()));
+        let listen = parse_listen(&listen_raw.1).map_err(|m| invalid(listen_raw.0, m))?;
+
+        let plugins_dir = flags
+            .plugins_dir
+            .clone()
+            .or_else(|| env_get("TICKERD_PLUGINS_DIR").map(PathBuf::from))
+            .or_else(|| file.plugins_dir.clone().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("plugins"));
+
+        let admin_token = env_get("TICKERD_ADMIN_TOKEN").or(file.admin_token.clone());
+        if let Some(t) = &admin_token
+            && (t.trim().is_empty() || t.chars().any(char::is_whitespace))
+        {
+            return Err(invalid(
+                "TICKERD_ADMIN_TOKEN",
+                "must be a non-empty token without spaces",
+            ));
+        }
+
+        let log = env_get("TICKERD_LOG")
+            .or(file.log.clone())
+            .unwrap_or_else(|| "info".to_owned());
+        let (fmt_key, fmt_raw) = env_get("TICKERD_LOG_FORMAT")
+            .map(|v| ("TICKERD_LOG_FORMAT", v))
+            .or_else(|| file.log_format.clone().map(|v| ("log_format", v)))
+            .unwrap_or(("log_format", "text".to_owned()));
+        let log_format = match fmt_raw.as_str() {
+            "text" | "pretty" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid(fmt_key, format!("{other:?}: expected \"text\" or \"json\""))),
+        };
+
+        let watcher = if flags.poll {
+            WatcherKind::Poll
+        } else {
+            match file.watcher.as_deref() {
+                None | Some("native") => WatcherKind::Native,
+                Some("poll") => WatcherKind::Poll,
+                Some(other) => {
+                    return Err(invalid("watcher", format!("{other:?}: expected \"native\" or \"poll\"")));
+                }
+            }
+        };
+        let poll_interval = dur(&file.poll_interval, "poll_interval", Duration::from_millis(500))?;
+        let drain_timeout = dur(&file.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+
+        let redis = resolve_redis(&file, &env_get)?;
+        let cache = resolve_cache(&file, &env_get)?;
+
+        let mut plugins = BTreeMap::new();
+        for (name, section) in &file.plugins {
+            PluginName::parse(name)
+                .map_err(|e| invalid(format!("plugins.{name}"), e.message))?;
+            plugins.insert(name.clone(), resolve_plugin(name, section)?);
+        }
+
+        let mut watch = Vec::new();
+        for (i, w) in file.watch.iter().enumerate() {
+            let key = |k: &str| format!("watch[{i}].{k}");
+            let plugin = PluginName::parse(&w.plugin).map_err(|e| invalid(key("plugin"), e.message))?;
+            if w.tickers.is_empty() {
+                return Err(invalid(key("tickers"), "list at least one ticker"));
+            }
+            let tickers = w
+                .tickers
+                .iter()
+                .map(|t| Ticker::parse(t).map_err(|e| invalid(key("tickers"), e.message)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let every = w.every.parse().map_err(|m| invalid(key("every"), m))?;
+            if every < Duration::from_secs(1) {
+                return Err(invalid(key("every"), "must be at least 1s"));
+            }
+            let lookback = match &w.lookback {
+                Some(l) => l.parse().map_err(|m| invalid(key("lookback"), m))?,
+                None => Duration::from_secs(7 * 86400),
+            };
+            let stream = w.stream.clone().unwrap_or_else(|| "stock-data".to_owned());
+            if stream.is_empty() {
+                return Err(invalid(key("stream"), "must not be empty"));
+            }
+            watch.push(WatchEntry {
+                plugin,
+                tickers,
+                every,
+                lookback,
+                stream,
+                maxlen: w.maxlen.unwrap_or(10_000),
+            });
+        }
+
+        Ok(Config {
+            listen,
+            plugins_dir,
+            config_file: path.map(Path::to_path_buf),
+            admin_token,
+            log,
+            log_format,
+            watcher,
+            poll_interval,
+            drain_timeout,
+            redis,
+            cache,
+            plugins,
+            watch,
+        })
+    }
+
+    pub fn plugin_overrides(&self, name: &str) -> PluginOverrides {
+        self.plugins.get(name).cloned().unwrap_or_default()
+    }
+}
+
+fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = raw.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    raw.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| format!("{raw:?} is not an address; expected HOST:PORT such as 127.0.0.1:8000"))
+}
+
+fn dur(v: &Option<RawDuration>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        Some(r) => r.parse().map_err(|m| invalid(key, m)),
+        None => Ok(default),
+    }
+}
+
+fn resolve_redis(
+    file: &FileConfig,
+    env_get: &dyn Fn(&str) -> Option<String>,
+) -> Result<RedisConfig, ConfigError> {
+    let r = &file.redis;
+    let url = if let Some(u) = env_get("REDIS_URL") {
+        check_redis_url("REDIS_URL", &u)?;
+        u
+    } else if ["REDIS_HOST", "REDIS_PORT", "REDIS_DB"]
+        .iter()
+        .any(|k| env_get(k).is_some())
+    {
+        let host = env_get("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+        let port = env_get("REDIS_PORT").unwrap_or_else(|| "6379".to_owned());
+        let db = env_get("REDIS_DB").unwrap_or_else(|| "0".to_owned());
+        port.parse::<u16>()
+            .map_err(|_| invalid("REDIS_PORT", format!("{port:?}: expected a port number 1-65535")))?;
+        db.parse::<u32>()
+            .map_err(|_| invalid("REDIS_DB", format!("{db:?}: expected a database number such as 0")))?;
+        if host.contains(['/', '@', ' ']) {
+            return Err(invalid("REDIS_HOST", format!("{host:?}: expected a host name or IP")));
+        }
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("redis://{host}:{port}/{db}")
+    } else if let Some(u) = &r.url {
+        check_redis_url("redis.url", u)?;
+        u.clone()
+    } else {
+        "redis://localhost:6379/0".to_owned()
+    };
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "tickerd".to_owned());
+    if key_prefix.is_empty() || key_prefix.contains([' ', '*', '?', '[', ']', '{', '}']) {
+        return Err(invalid(
+            "redis.key_prefix",
+            format!("{key_prefix:?}: expected a non-empty prefix without spaces, glob or hash-tag characters"),
+        ));
+    }
+    let nodes = r.nodes.clone().unwrap_or_default();
+    for (i, n) in nodes.iter().enumerate() {
+        check_redis_url(&format!("redis.nodes[{i}]"), n)?;
+    }
+    let op_timeout = dur(&r.op_timeout, "redis.op_timeout", Duration::from_millis(250))?;
+    if op_timeout.is_zero() {
+        return Err(invalid("redis.op_timeout", "must be more than 0"));
+    }
+    Ok(RedisConfig {
+        url,
+        op_timeout,
+        connect_timeout: dur(&r.connect_timeout, "redis.connect_timeout", Duration::from_millis(500))?,
+        backoff: dur(&r.backoff, "redis.backoff", Duration::from_secs(1))?,
+        key_prefix,
+        cluster: r.cluster.unwrap_or(false) || nodes.len() > 1,
+        nodes,
+    })
+}
+
+fn check_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    redis::parse_redis_url(url)
+        .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+        .map(|_| ())
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{url:?}: expected redis://[:password@]host:port/db or rediss://..."),
+            )
+        })
+}
+
+fn resolve_cache(
+    file: &FileConfig,
+    env_get: &dyn Fn(&str) -> Option<String>,
+) -> Result<CacheConfig, ConfigError> {
+    let c = &file.cache;
+    let default_ttl = match env_get("CACHE_TTL_SECONDS") {
+        Some(v) => parse_duration(&v).map_err(|m| invalid("CACHE_TTL_SECONDS", m))?,
+        None => dur(&c.default_ttl, "cache.default_ttl", Duration::from_secs(86400))?,
+    };
+    if default_ttl.is_zero() {
+        return Err(invalid("cache.default_ttl", "must be more than 0"));
+    }
+    let memory_max_entries = c.memory_max_entries.unwrap_or(10_000);
+    if memory_max_entries == 0 {
+        return Err(invalid("cache.memory_max_entries", "must be at least 1"));
+    }
+    Ok(CacheConfig {
+        default_ttl,
+        stale_if_error: dur(&c.stale_if_error, "cache.stale_if_error", Duration::from_secs(86400))?,
+        negative_ttl: dur(&c.negative_ttl, "cache.negative_ttl", Duration::from_secs(60))?,
+        memory_max_entries,
+        l1_ttl: dur(&c.l1_ttl, "cache.l1_ttl", Duration::from_secs(1))?,
+        l1_max_entries: c.l1_max_entries.unwrap_or(10_000),
+    })
+}
+
+fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, ConfigError> {
+    let key = |k: &str| format!("plugins.{name}.{k}");
+    let ttl = s.ttl.as_ref().map(|r| r.parse().map_err(|m| invalid(key("ttl"), m))).transpose()?;
+    if ttl.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(key("ttl"), "must be more than 0"));
+    }
+    let timeout = s
+        .timeout
+        .as_ref()
+        .map(|r| r.parse().map_err(|m| invalid(key("timeout"), m)))
+        .transpose()?;
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(key("timeout"), "must be more than 0"));
+    }
+    let positive = |v: Option<u64>, k: &str| -> Result<Option<usize>, ConfigError> {
+        match v {
+            Some(0) => Err(invalid(key(k), "must be at least 1")),
+            Some(n) => Ok(Some(n as usize)),
+            None => Ok(None),
+        }
+    };
+    let bytes = |v: &Option<String>, k: &str| -> Result<Option<usize>, ConfigError> {
+        v.as_deref()
+            .map(|raw| parse_bytes(raw).map_err(|m| invalid(key(k), m)))
+            .transpose()
+    };
+    if let Some(env) = &s.env {
+        for v in env {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid(key("env"), format!("{v:?} is not an environment variable name")));
+            }
+        }
+    }
+    Ok(PluginOverrides {
+        ttl,
+        timeout,
+        max_concurrency: positive(s.max_concurrency, "max_concurrency")?,
+        env: s.env.clone(),
+        allow_hosts: s.allow_hosts.clone(),
+        memory_limit: bytes(&s.memory_limit, "memory_limit")?,
+        max_body: bytes(&s.max_body, "max_body")?,
+        states: positive(s.states, "states")?,
+    })
+}
+
+/// `"64MiB"`, `"16 MB"`, `"512KiB"` or a plain byte count.
+pub fn parse_bytes(raw: &str) -> Result<usize, String> {
+    let t = raw.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a size such as \"64MiB\", \"16MB\" or a byte count"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!("{raw:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"));
+        }
+    };
+    let v = n * mult;
+    if !(1.0..1e13).contains(&v) {
+        return Err(format!("{raw:?}: size out of range"));
+    }
+    Ok(v as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_without_any_source() {
+        let c = Config::resolve(&Flags::default(), &env(&[]), None, None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.plugins_dir, PathBuf::from("plugins"));
+        assert_eq!(c.redis.url, "redis://localhost:6379/0");
+        assert_eq!(c.redis.op_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis.key_prefix, "tickerd");
+        assert_eq!(c.cache.default_ttl, Duration::from_secs(86400));
+        assert_eq!(c.cache.negative_ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.memory_max_entries, 10_000);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let file = "listen = \"127.0.0.1:7001\"\nplugins_dir = \"from-file\"\n";
+        let e = env(&[("TICKERD_LISTEN", "127.0.0.1:7002"), ("TICKERD_PLUGINS_DIR", "from-env")]);
+        let c = Config::resolve(&Flags::default(), &env(&[]), None, Some(file)).unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.plugins_dir, PathBuf::from("from-file"));
+        let c = Config::resolve(&Flags::default(), &e, None, Some(file)).unwrap();
+        assert_eq!(c.listen.port(), 7002);
+        assert_eq!(c.plugins_dir, PathBuf::from("from-env"));
+        let flags = Flags {
+            listen: Some("127.0.0.1:7003".into()),
+            plugins_dir: Some("from-flag".into()),
+            ..Flags::default()
+        };
+        let c = Config::resolve(&flags, &e, None, Some(file)).unwrap();
+        assert_eq!(c.listen.port(), 7003);
+        assert_eq!(c.plugins_dir, PathBuf::from("from-flag"));
+    }
+
+    #[test]
+    fn seed_variables_and_redis_url() {
+        let file = "[redis]\nurl = \"redis://file:1/1\"\n[cache]\ndefault_ttl = \"1h\"\n";
+        let c = Config::resolve(&Flags::default(), &env(&[]), None, Some(file)).unwrap();
+        assert_eq!(c.redis.url, "redis://file:1/1");
+        assert_eq!(c.cache.default_ttl, Duration::from_secs(3600));
+        let e = env(&[("REDIS_HOST", "h"), ("REDIS_PORT", "6380"), ("CACHE_TTL_SECONDS", "60")]);
+        let c = Config::resolve(&Flags::default(), &e, None, Some(file)).unwrap();
+        assert_eq!(c.redis.url, "redis://h:6380/0");
+        assert_eq!(c.cache.default_ttl, Duration::from_secs(60));
+        let e = env(&[("REDIS_HOST", "h"), ("REDIS_URL", "redis://:pw@u:1/2")]);
+        let c = Config::resolve(&Flags::default(), &e, None, Some(file)).unwrap();
+        assert_eq!(c.redis.url, "redis://:pw@u:1/2");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&[(&str, &str)], Option<&str>, &str)] = &[
+            (&[("REDIS_PORT", "abc")], None, "REDIS_PORT"),
+            (&[("CACHE_TTL_SECONDS", "soon")], None, "CACHE_TTL_SECONDS"),
+            (&[("TICKERD_LISTEN", "nowhere")], None, "TICKERD_LISTEN"),
+            (&[("TICKERD_LISTN", "x")], None, "TICKERD_LISTN"),
+            (&[("TICKERD_LOG_FORMAT", "xml")], None, "TICKERD_LOG_FORMAT"),
+            (&[], Some("[cache]\nnegative_ttl = \"often\"\n"), "cache.negative_ttl"),
+            (&[], Some("[plugins.yahoo]\nttl = \"x\"\n"), "plugins.yahoo.ttl"),
+            (&[], Some("[plugins.Yahoo]\n"), "plugins.Yahoo"),
+            (&[], Some("[redis]\nurl = \"http://x\"\n"), "redis.url"),
+            (&[], Some("[[watch]]\nplugin = \"y\"\ntickers = [\"A:B\"]\nevery = \"5m\"\n"), "watch[0].tickers"),
+        ];
+        for (e, file, key) in cases {
+            let err = Config::resolve(&Flags::default(), &env(e), None, *file).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let err = Config::resolve(&Flags::default(), &env(&[]), None, Some("[cache]\nttl = 5\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("ttl"), "{err}");
+        let err = Config::resolve(&Flags::default(), &env(&[]), None, Some("colour = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("16 MB").unwrap(), 16_000_000);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert!(parse_bytes("lots").is_err());
+    }
+}

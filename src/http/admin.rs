@@ -1,0 +1,82 @@
+//! Admin routes: `DELETE /v1/cache` and `POST /v1/reload`.
+//!
+//! With a token set, `Authorization: Bearer <token>` is required and compared
+//! in constant time. Without one, admin routes work only while the daemon
+//! listens on loopback, where only local users can reach them.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, header};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::query::Query;
+use crate::cache::Selector;
+use crate::error::AppError;
+use crate::model::{DateRange, PluginName, Ticker};
+
+pub fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    let cfg = d.config.load();
+    match &cfg.admin_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match given {
+                Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
+                Some(_) => Err(AppError::Unauthorized("the bearer token is wrong".into())),
+                None => Err(AppError::Unauthorized(
+                    "admin routes need Authorization: Bearer <TICKERD_ADMIN_TOKEN>".into(),
+                )),
+            }
+        }
+        None if cfg.listen.ip().is_loopback() => Ok(()),
+        None => Err(AppError::Forbidden(format!(
+            "admin routes are disabled: tickerd listens on {} (not loopback) and no admin token is set; set TICKERD_ADMIN_TOKEN (or admin_token in the config) and send Authorization: Bearer <token>",
+            cfg.listen
+        ))),
+    }
+}
+
+pub fn parse_selector(raw: Option<&str>) -> Result<Selector, AppError> {
+    let q = Query::parse(raw, &["plugin", "ticker", "start", "end"])?;
+    let plugin = q.get("plugin").map(PluginName::parse).transpose()?;
+    let ticker = q.get("ticker").map(Ticker::parse).transpose()?;
+    if plugin.is_none() && ticker.is_none() {
+        return Err(AppError::bad_request("plugin", "give plugin, ticker or both to say what to delete"));
+    }
+    let range = match (q.get("start"), q.get("end")) {
+        (None, None) => None,
+        (Some(s), Some(e)) => Some(DateRange::from_request(Some(s), Some(e), chrono::Utc::now().date_naive())?),
+        (Some(_), None) => return Err(AppError::bad_request("end", "start and end go together; give both")),
+        (None, Some(_)) => return Err(AppError::bad_request("start", "start and end go together; give both")),
+    };
+    Ok(Selector { plugin, ticker, range })
+}
+
+pub async fn delete_cache(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, AppError> {
+    authorize(&d, &headers)?;
+    let sel = parse_selector(raw.as_deref())?;
+    match d.pipeline.invalidate(&sel).await {
+        Ok(n) => {
+            tracing::info!(plugin = ?sel.plugin.as_ref().map(|p| p.to_string()), ticker = ?sel.ticker.as_ref().map(|t| t.to_string()), range = ?sel.range.map(|r| r.to_string()), deleted = n, "cache entries invalidated");
+            Ok(Json(json!({"deleted": n})))
+        }
+        Err(e) => Err(AppError::CacheUnavailable(format!(
+            "entries were removed from the in-process memory cache, but redis could not be asked ({e}); retry once redis_up is 1"
+        ))),
+    }
+}
+
+pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    authorize(&d, &headers)?;
+    let outcome = d.reload_all().await;
+    Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))
+}

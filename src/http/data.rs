@@ -1,0 +1,117 @@
+//! `GET /v1/data/{plugin}/{ticker}`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::query::Query;
+use crate::error::AppError;
+use crate::model::{DateRange, PluginName, Ticker};
+use crate::pipeline::DataRequest;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+}
+
+fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, AppError> {
+    match q.get("format") {
+        Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv),
+        Some(other) => Err(AppError::bad_request("format", format!("{other:?} is not a format; use json or csv"))),
+        None => {
+            let csv = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.split(',').any(|m| m.trim().starts_with("text/csv")));
+            Ok(if csv { Format::Csv } else { Format::Json })
+        }
+    }
+}
+
+/// Turns path and query into a validated request (SPEC request rules).
+pub fn parse_request(plugin: &str, ticker: &str, raw_query: Option<&str>, today: chrono::NaiveDate) -> Result<(DataRequest, Query), AppError> {
+    let q = Query::parse(raw_query, &["start", "end", "refresh", "format"])?;
+    let plugin = PluginName::parse(plugin).map_err(|_| AppError::PluginNotFound(plugin.to_owned()))?;
+    let ticker = Ticker::parse(ticker)?;
+    let range = DateRange::from_request(q.get("start"), q.get("end"), today)?;
+    let refresh = q.flag("refresh")?;
+    Ok((
+        DataRequest {
+            plugin,
+            ticker,
+            range,
+            refresh,
+        },
+        q,
+    ))
+}
+
+pub async fn get_data(
+    State(d): State<AppState>,
+    Path((plugin, ticker)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let today = chrono::Utc::now().date_naive();
+    let (req, q) = parse_request(&plugin, &ticker, raw.as_deref(), today)?;
+    let format = wants(&q, &headers)?;
+    let answer = d.pipeline.get(&req).await?;
+    let x_cache = HeaderValue::from_static(answer.status.header());
+    let mut resp = match format {
+        Format::Json => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            answer.to_json(),
+        )
+            .into_response(),
+        Format::Csv => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"))],
+            answer.to_csv(),
+        )
+            .into_response(),
+    };
+    resp.headers_mut().insert("x-cache", x_cache);
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> chrono::NaiveDate {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()
+    }
+
+    fn field(r: Result<(DataRequest, Query), AppError>) -> String {
+        match r {
+            Err(AppError::BadRequest { field, .. }) => field,
+            Err(other) => panic!("expected 400, got {other:?}"),
+            Ok(_) => panic!("expected 400, got ok"),
+        }
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert_eq!(field(parse_request("synthetic", "A B", None, today())), "ticker");
+        assert_eq!(field(parse_request("synthetic", "AAPL", Some("start=2024-13-01"), today())), "start");
+        assert_eq!(field(parse_request("synthetic", "AAPL", Some("start=2024-01-01&end=x"), today())), "end");
+        assert_eq!(field(parse_request("synthetic", "AAPL", Some("refresh=maybe"), today())), "refresh");
+        assert_eq!(field(parse_request("synthetic", "AAPL", Some("colour=red"), today())), "colour");
+        assert_eq!(field(parse_request("synthetic", "AAPL", Some("start=2024-01-01&start=2024-01-02"), today())), "start");
+    }
+
+    #[test]
+    fn a_good_request_is_normalised() {
+        let (r, _) = parse_request("synthetic", "aapl", Some("start=2024-01-01&end=2024-01-31&refresh=true"), today()).unwrap();
+        assert_eq!(r.ticker.as_str(), "AAPL");
+        assert!(r.refresh);
+        assert_eq!(r.range.to_string(), "2024-01-01..2024-01-31");
+    }
+
+    #[test]
+    fn an_impossible_plugin_name_is_not_found() {
+        assert!(matches!(parse_request("Nope!", "AAPL", None, today()), Err(AppError::PluginNotFound(_))));
+    }
+}

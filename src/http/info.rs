@@ -1,0 +1,94 @@
+//! Read-only routes: plugins, stats, health, readiness and metrics.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::error::AppError;
+use crate::plugin::PluginSlot;
+
+pub fn plugin_json(slot: &PluginSlot) -> Value {
+    let cur = slot.current.as_ref();
+    let settings = cur.map(|p| p.settings());
+    json!({
+        "name": slot.name,
+        "description": cur.map(|p| p.manifest.description.clone()).unwrap_or_default(),
+        "version": cur.map(|p| p.version.clone()),
+        "ttl_s": settings.as_ref().map(|s| s.ttl.as_secs()),
+        "timeout_s": settings.as_ref().map(|s| s.timeout.as_secs_f64()),
+        "cache_version": settings.as_ref().map(|s| s.cache_version),
+        "max_concurrency": settings.as_ref().map(|s| s.max_concurrency),
+        "status": slot.status.as_str(),
+        "last_error": slot.last_error,
+        "loaded_at": cur.map(|p| p.loaded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        "checked_at": slot.checked_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "file": slot.file.display().to_string(),
+    })
+}
+
+pub async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
+    Json(Value::Array(d.registry.list().iter().map(|s| plugin_json(s)).collect()))
+}
+
+pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, AppError> {
+    d.registry
+        .get(&name)
+        .map(|s| Json(plugin_json(&s)))
+        .ok_or(AppError::PluginNotFound(name))
+}
+
+pub async fn stats(State(d): State<AppState>) -> Json<Value> {
+    let t = d.metrics.totals();
+    let lookups = t.hits_redis + t.hits_memory + t.misses;
+    let hit_rate = if lookups == 0 {
+        0.0
+    } else {
+        (t.hits_redis + t.hits_memory) as f64 / lookups as f64
+    };
+    Json(json!({
+        "hits": {"redis": t.hits_redis, "memory": t.hits_memory},
+        "misses": t.misses,
+        "errors": t.errors,
+        "hit_rate": hit_rate,
+        "stale_served": t.stale,
+        "coalesced": t.coalesced,
+        "memory_entries": d.cache.memory_entries(),
+        "redis": if d.cache.redis().is_up() { "up" } else { "down" },
+        "plugins_loaded": d.metrics.plugins_loaded.get(),
+        "inflight_fetches": d.pipeline.inflight_fetches(),
+        "uptime_s": d.started.elapsed().as_secs(),
+    }))
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(d): State<AppState>) -> Response {
+    let redis = if d.cache.redis().is_up() { "up" } else { "down" };
+    let plugins = d.metrics.plugins_loaded.get();
+    if !d.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "redis": redis, "plugins": plugins, "message": "loading plugins"})),
+        )
+            .into_response();
+    }
+    let message = if redis == "up" {
+        "ready; redis: up".to_owned()
+    } else {
+        "ready; redis: down (degraded: serving from the in-process memory cache)".to_owned()
+    };
+    Json(json!({"ready": true, "redis": redis, "plugins": plugins, "message": message})).into_response()
+}
+
+pub async fn metrics(State(d): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        d.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,59 @@
+//! The HTTP API (SPEC §2) on axum: data, plugins, cache admin, stats,
+//! health and metrics on one port.
+
+mod admin;
+mod data;
+mod error;
+mod info;
+mod query;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+use crate::daemon::Daemon;
+use crate::error::AppError;
+
+/// Longest request target accepted; longer ones get 414 before any parsing.
+pub const MAX_URI: usize = 8 * 1024;
+
+pub type AppState = Arc<Daemon>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/data/{plugin}/{ticker}", get(data::get_data))
+        .route("/v1/plugins", get(info::list_plugins))
+        .route("/v1/plugins/{name}", get(info::get_plugin))
+        .route("/v1/cache", delete(admin::delete_cache))
+        .route("/v1/reload", post(admin::reload))
+        .route("/v1/stats", get(info::stats))
+        .route("/healthz", get(info::healthz))
+        .route("/readyz", get(info::readyz))
+        .route("/metrics", get(info::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(limit_uri))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    AppError::NotFound(format!("no route for {} {}", req.method(), req.uri().path())).into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut r = AppError::NotFound(format!("{} is not allowed on {}", req.method(), req.uri().path())).into_response();
+    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+async fn limit_uri(req: Request, next: Next) -> Response {
+    let len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    if len > MAX_URI {
+        return AppError::UriTooLong(format!("{len} bytes; the limit is {MAX_URI}")).into_response();
+    }
+    next.run(req).await
+}

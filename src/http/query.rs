@@ -1,0 +1,42 @@
+//! Query strings parsed strictly: known names only, each at most once, so a
+//! typo (`strat=`) is a 400 naming it instead of a silently ignored filter.
+
+use std::collections::HashMap;
+
+use crate::error::AppError;
+
+pub struct Query {
+    values: HashMap<String, String>,
+}
+
+impl Query {
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, AppError> {
+        let mut values = HashMap::new();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(AppError::bad_request(
+                    k.to_string(),
+                    format!("unknown query parameter {k:?}; this route takes {}", allowed.join(", ")),
+                ));
+            }
+            if values.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(AppError::bad_request(k.to_string(), format!("{k} is given more than once")));
+            }
+        }
+        Ok(Self { values })
+    }
+
+    /// The value, treating `name=` (empty) as absent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn flag(&self, name: &'static str) -> Result<bool, AppError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(other) => Err(AppError::bad_request(name, format!("{other:?} is not a boolean; use true or false"))),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics in one registry, served at `/metrics`.
+//!
+//! The first seven names are those of the Python module tickerd replaces, so
+//! existing dashboards and alerts keep working; each gains a `plugin` label.
+//! Label lookups are resolved once per plugin and kept in [`PluginMetrics`],
+//! so the hit path does no hashing of label values.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    cache_errors: IntCounterVec,
+    lookup_duration: HistogramVec,
+    requests: IntCounterVec,
+    requests_success: IntCounterVec,
+    requests_failure: IntCounterVec,
+    fetch_duration: HistogramVec,
+    reloads: IntCounterVec,
+    stale_served: IntCounterVec,
+    coalesced: IntCounterVec,
+    stream_published: IntCounterVec,
+    stream_errors: IntCounterVec,
+    pub plugins_loaded: IntGauge,
+    pub redis_up: IntGauge,
+    per_plugin: RwLock<HashMap<String, Arc<PluginMetrics>>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub hits_redis: u64,
+    pub hits_memory: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub stale: u64,
+    pub coalesced: u64,
+}
+
+/// Pre-resolved children for one plugin.
+pub struct PluginMetrics {
+    pub hits_redis: IntCounter,
+    pub hits_memory: IntCounter,
+    pub misses: IntCounter,
+    pub errors: IntCounter,
+    pub lookup: Histogram,
+    pub requests: IntCounter,
+    pub success: IntCounter,
+    pub fetch: Histogram,
+    pub stale: IntCounter,
+    pub coalesced: IntCounter,
+    failure: IntCounterVec,
+    plugin: String,
+}
+
+impl PluginMetrics {
+    pub fn failure(&self, reason: &str) {
+        self.failure.with_label_values(&[&self.plugin, reason]).inc();
+    }
+}
+
+const LOOKUP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is static");
+    reg.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["plugin"],
+    )
+    .expect("metric definition is static");
+    reg.register(Box::new(h.clone())).expect("metric names are unique");
+    h
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric definition is static");
+    reg.register(Box::new(g.clone())).expect("metric names are unique");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        Arc::new(Self {
+            cache_hits: counter(&r, "cache_hits_total", "Requests answered from a cache layer", &["plugin", "cache_type"]),
+            cache_misses: counter(&r, "cache_misses_total", "Requests that found no fresh cache entry", &["plugin"]),
+            cache_errors: counter(&r, "cache_errors_total", "Cache reads or writes that failed or found a corrupt value", &["plugin"]),
+            lookup_duration: histogram(&r, "cache_lookup_duration_seconds", "Whole request through the cache, in seconds", LOOKUP_BUCKETS),
+            requests: counter(&r, "stock_requests_total", "Data requests", &["plugin"]),
+            requests_success: counter(&r, "stock_requests_success_total", "Data requests answered with data", &["plugin"]),
+            requests_failure: counter(&r, "stock_requests_failure_total", "Data requests that failed, by reason (error code)", &["plugin", "reason"]),
+            fetch_duration: histogram(&r, "plugin_fetch_duration_seconds", "Plugin fetch calls, in seconds", LOOKUP_BUCKETS),
+            reloads: counter(&r, "plugin_reloads_total", "Plugin loads and reloads by result (ok, error, unloaded)", &["plugin", "result"]),
+            stale_served: counter(&r, "cache_stale_served_total", "Expired entries served because the fetch failed", &["plugin"]),
+            coalesced: counter(&r, "fetch_coalesced_total", "Requests that waited for another request's fetch of the same key", &["plugin"]),
+            stream_published: counter(&r, "stream_published_total", "Records the producer added to a Redis stream", &["stream"]),
+            stream_errors: counter(&r, "stream_publish_errors_total", "Records the producer could not publish", &["stream"]),
+            plugins_loaded: gauge(&r, "plugins_loaded", "Plugins currently loaded and serving"),
+            redis_up: gauge(&r, "redis_up", "1 while Redis answers, 0 while the memory layer stands in"),
+            registry: r,
+            per_plugin: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn plugin(&self, plugin: &str) -> Arc<PluginMetrics> {
+        if let Some(m) = self.per_plugin.read().ok().and_then(|g| g.get(plugin).cloned()) {
+            return m;
+        }
+        let m = Arc::new(PluginMetrics {
+            hits_redis: self.cache_hits.with_label_values(&[plugin, "redis"]),
+            hits_memory: self.cache_hits.with_label_values(&[plugin, "memory"]),
+            misses: self.cache_misses.with_label_values(&[plugin]),
+            errors: self.cache_errors.with_label_values(&[plugin]),
+            lookup: self.lookup_duration.with_label_values(&[plugin]),
+            requests: self.requests.with_label_values(&[plugin]),
+            success: self.requests_success.with_label_values(&[plugin]),
+            fetch: self.fetch_duration.with_label_values(&[plugin]),
+            stale: self.stale_served.with_label_values(&[plugin]),
+            coalesced: self.coalesced.with_label_values(&[plugin]),
+            failure: self.requests_failure.clone(),
+            plugin: plugin.to_owned(),
+        });
+        if let Ok(mut g) = self.per_plugin.write() {
+            g.entry(plugin.to_owned()).or_insert_with(|| m.clone());
+        }
+        m
+    }
+
+    pub fn reload(&self, plugin: &str, result: &str) {
+        self.reloads.with_label_values(&[plugin, result]).inc();
+    }
+
+    pub fn stream_published(&self, stream: &str) {
+        self.stream_published.with_label_values(&[stream]).inc();
+    }
+
+    pub fn stream_error(&self, stream: &str) {
+        self.stream_errors.with_label_values(&[stream]).inc();
+    }
+
+    /// Sums over plugins, for `/v1/stats`.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        if let Ok(map) = self.per_plugin.read() {
+            for m in map.values() {
+                t.hits_redis += m.hits_redis.get();
+                t.hits_memory += m.hits_memory.get();
+                t.misses += m.misses.get();
+                t.errors += m.errors.get();
+                t.stale += m.stale.get();
+                t.coalesced += m.coalesced.get();
+            }
+        }
+        t
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

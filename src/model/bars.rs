@@ -1,0 +1,213 @@
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::DateRange;
+
+/// A non-OHLCV field a plugin attached to a bar (`adjclose`, `currency`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExtraValue {
+    Number(f64),
+    Text(String),
+}
+
+/// One daily bar, dated by the exchange's local trading date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bar {
+    pub date: NaiveDate,
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "volume_as_integer"
+    )]
+    pub volume: Option<f64>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, ExtraValue>,
+}
+
+/// Volumes are share counts: write `82488700`, not `82488700.0`, when whole.
+fn volume_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(x) if x.fract() == 0.0 && *x >= 0.0 && *x < 9.0e15 => s.serialize_u64(*x as u64),
+        Some(x) => s.serialize_f64(*x),
+        None => s.serialize_none(),
+    }
+}
+
+/// The SPEC §3 output contract for a list of bars.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BarsError {
+    #[error("bars[{index}].{field}: {message}")]
+    Field {
+        index: usize,
+        field: String,
+        message: String,
+    },
+}
+
+/// Bars sorted by date inside the requested range: the unit that is cached.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Bars(Vec<Bar>);
+
+impl Bars {
+    /// Checks what a cache or plugin handed us against the output contract.
+    /// Indexes in messages are 1-based, as a Lua author counts them.
+    pub fn validated(bars: Vec<Bar>, range: &DateRange) -> Result<Self, BarsError> {
+        Self::check(&bars, range)?;
+        Ok(Self(bars))
+    }
+
+    pub fn check(bars: &[Bar], range: &DateRange) -> Result<(), BarsError> {
+        let mut prev: Option<NaiveDate> = None;
+        for (i, bar) in bars.iter().enumerate() {
+            let index = i + 1;
+            let err = |field: &str, message: String| BarsError::Field {
+                index,
+                field: field.to_owned(),
+                message,
+            };
+            for (field, v) in [
+                ("open", bar.open),
+                ("high", bar.high),
+                ("low", bar.low),
+                ("close", bar.close),
+            ] {
+                if !v.is_finite() {
+                    return Err(err(field, format!("must be a finite number, got {v}")));
+                }
+            }
+            if let Some(v) = bar.volume
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(err("volume", format!("must be a finite number >= 0, got {v}")));
+            }
+            for (k, v) in &bar.extra {
+                if let ExtraValue::Number(x) = v
+                    && !x.is_finite()
+                {
+                    return Err(err(k, format!("must be a finite number, got {x}")));
+                }
+            }
+            if !range.contains(bar.date) {
+                return Err(err(
+                    "date",
+                    format!("{} is outside the requested range {range}", bar.date),
+                ));
+            }
+            if let Some(p) = prev
+                && bar.date <= p
+            {
+                return Err(err(
+                    "date",
+                    format!(
+                        "{} does not come after the previous bar's {p}; bars must be sorted by date without duplicates",
+                        bar.date
+                    ),
+                ));
+            }
+            prev = Some(bar.date);
+        }
+        Ok(())
+    }
+
+    pub fn as_slice(&self) -> &[Bar] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `date,open,high,low,close,volume`, one line per bar.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::with_capacity(32 + self.0.len() * 64);
+        out.push_str("date,open,high,low,close,volume\n");
+        for b in &self.0 {
+            let _ = write!(out, "{},{},{},{},{},", b.date, b.open, b.high, b.low, b.close);
+            match b.volume {
+                Some(v) if v.fract() == 0.0 && v < 9.0e15 => {
+                    let _ = write!(out, "{}", v as u64);
+                }
+                Some(v) => {
+                    let _ = write!(out, "{v}");
+                }
+                None => {}
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar(date: &str) -> Bar {
+        Bar {
+            date: NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap(),
+            open: 1.0,
+            high: 2.0,
+            low: 0.5,
+            close: 1.5,
+            volume: Some(100.0),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn range() -> DateRange {
+        DateRange::from_request(
+            Some("2024-01-01"),
+            Some("2024-01-31"),
+            NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_sorted_bars_in_range() {
+        let b = Bars::validated(vec![bar("2024-01-02"), bar("2024-01-03")], &range()).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(
+            b.to_csv(),
+            "date,open,high,low,close,volume\n2024-01-02,1,2,0.5,1.5,100\n2024-01-03,1,2,0.5,1.5,100\n"
+        );
+    }
+
+    #[test]
+    fn names_the_bar_and_field_that_break_the_contract() {
+        let mut nan = bar("2024-01-03");
+        nan.high = f64::NAN;
+        let err = Bars::validated(vec![bar("2024-01-02"), nan], &range()).unwrap_err();
+        assert_eq!(err.to_string(), "bars[2].high: must be a finite number, got NaN");
+
+        let err = Bars::validated(vec![bar("2024-01-03"), bar("2024-01-02")], &range()).unwrap_err();
+        assert!(err.to_string().starts_with("bars[2].date"), "{err}");
+
+        let err = Bars::validated(vec![bar("2024-02-01")], &range()).unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+
+        let mut neg = bar("2024-01-02");
+        neg.volume = Some(-1.0);
+        assert!(Bars::validated(vec![neg], &range()).is_err());
+    }
+
+    #[test]
+    fn volume_serialises_as_an_integer() {
+        let json = serde_json::to_string(&bar("2024-01-02")).unwrap();
+        assert!(json.contains("\"volume\":100"), "{json}");
+        assert!(!json.contains("100.0"), "{json}");
+    }
+}

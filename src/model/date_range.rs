@@ -1,0 +1,124 @@
+use std::fmt;
+
+use chrono::{Days, NaiveDate};
+
+use super::InvalidField;
+
+/// Parses a strict `YYYY-MM-DD` calendar date (no times, no short forms).
+pub fn parse_date(field: &'static str, raw: &str) -> Result<NaiveDate, InvalidField> {
+    let shaped = raw.len() == 10
+        && raw.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shaped {
+        return Err(InvalidField::new(
+            field,
+            format!("{raw:?} is not a date; use YYYY-MM-DD"),
+        ));
+    }
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
+        InvalidField::new(field, format!("{raw:?} is not a calendar date (YYYY-MM-DD)"))
+    })
+}
+
+/// An inclusive range of trading dates with `start <= end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DateRange {
+    start: NaiveDate,
+    end: NaiveDate,
+}
+
+impl DateRange {
+    pub fn new(start: NaiveDate, end: NaiveDate) -> Result<Self, InvalidField> {
+        if start > end {
+            return Err(InvalidField::new(
+                "start",
+                format!("start {start} is after end {end}"),
+            ));
+        }
+        Ok(Self { start, end })
+    }
+
+    /// Applies the SPEC's request rules: both missing means yesterday..yesterday,
+    /// a missing `end` means today, and `end` alone is refused because a range
+    /// with an implied start would silently cover an unknown span.
+    pub fn from_request(
+        start: Option<&str>,
+        end: Option<&str>,
+        today: NaiveDate,
+    ) -> Result<Self, InvalidField> {
+        match (start, end) {
+            (None, None) => {
+                let yesterday = today.checked_sub_days(Days::new(1)).unwrap_or(today);
+                Self::new(yesterday, yesterday)
+            }
+            (Some(s), None) => Self::new(parse_date("start", s)?, today),
+            (Some(s), Some(e)) => Self::new(parse_date("start", s)?, parse_date("end", e)?),
+            (None, Some(_)) => Err(InvalidField::new(
+                "start",
+                "start is required when end is given (YYYY-MM-DD)",
+            )),
+        }
+    }
+
+    pub fn start(&self) -> NaiveDate {
+        self.start
+    }
+
+    pub fn end(&self) -> NaiveDate {
+        self.end
+    }
+
+    pub fn contains(&self, d: NaiveDate) -> bool {
+        self.start <= d && d <= self.end
+    }
+}
+
+impl fmt::Display for DateRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start, self.end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let today = d("2026-11-25");
+        let r = DateRange::from_request(None, None, today).unwrap();
+        assert_eq!((r.start(), r.end()), (d("2026-11-24"), d("2026-11-24")));
+        let r = DateRange::from_request(Some("2026-11-01"), None, today).unwrap();
+        assert_eq!((r.start(), r.end()), (d("2026-11-01"), today));
+    }
+
+    #[test]
+    fn rejects_bad_dates_naming_the_field() {
+        let today = d("2026-11-25");
+        let cases = [
+            (Some("2024-1-01"), Some("2024-01-31"), "start"),
+            (Some("2024-01-01"), Some("2024-02-30"), "end"),
+            (Some("2024-02-01"), Some("2024-01-31"), "start"),
+            (Some("20240101"), None, "start"),
+            (None, Some("2024-01-31"), "start"),
+            (Some("2024-01-01"), Some("2024-01-31T00:00"), "end"),
+            (Some("+024-01-01"), Some("2024-01-31"), "start"),
+        ];
+        for (s, e, field) in cases {
+            let err = DateRange::from_request(s, e, today).unwrap_err();
+            assert_eq!(err.field, field, "{s:?} {e:?}");
+        }
+    }
+
+    #[test]
+    fn single_day_range_is_fine() {
+        let r = DateRange::from_request(Some("2024-01-02"), Some("2024-01-02"), d("2026-01-01"));
+        assert!(r.is_ok());
+    }
+}

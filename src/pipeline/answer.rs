@@ -1,0 +1,80 @@
+//! A data answer and its two renderings (JSON with the `cache` object, CSV).
+
+use std::sync::Arc;
+
+use crate::cache::{DataDoc, Envelope, Layer, Payload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+
+    /// The `X-Cache` header value.
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Answer {
+    pub env: Arc<Envelope>,
+    pub status: CacheStatus,
+    pub layer: Layer,
+    pub age_s: u64,
+    pub ttl_s: u64,
+}
+
+impl Answer {
+    pub fn doc(&self) -> Option<&DataDoc> {
+        match &self.env.payload {
+            Payload::Data(d) => Some(d),
+            Payload::NoData { .. } => None,
+        }
+    }
+
+    /// The SPEC's JSON answer: the stored document plus the `cache` object.
+    pub fn to_json(&self) -> Vec<u8> {
+        let Some(doc) = self.doc() else {
+            return b"{}".to_vec();
+        };
+        let mut out = match serde_json::to_vec(doc) {
+            Ok(v) => v,
+            Err(_) => return b"{}".to_vec(),
+        };
+        // Replace the closing brace with the cache object.
+        out.pop();
+        out.extend_from_slice(
+            format!(
+                ",\"cache\":{{\"status\":\"{}\",\"layer\":\"{}\",\"age_s\":{},\"ttl_s\":{}}}}}",
+                self.status.as_str(),
+                self.layer.as_str(),
+                self.age_s,
+                self.ttl_s
+            )
+            .as_bytes(),
+        );
+        out
+    }
+
+    pub fn to_csv(&self) -> String {
+        self.doc().map(|d| d.bars.to_csv()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,233 @@
+//! The request pipeline (SPEC §4): validated request -> cache key -> cache
+//! read -> on a miss one plugin call (single-flight) -> output contract ->
+//! cache write -> answer. The HTTP API, the CLI and the producer all go
+//! through [`Pipeline::get`], so they count and cache the same way.
+
+mod answer;
+mod singleflight;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use answer::{Answer, CacheStatus};
+pub use singleflight::{Role, SingleFlight};
+
+use crate::cache::{Cache, CacheKey, DataDoc, Envelope, Layer, Payload, Selector, StoreError, now_ms};
+use crate::error::AppError;
+use crate::metrics::{Metrics, PluginMetrics};
+use crate::model::{Bars, DateRange, PluginName, Ticker};
+use crate::plugin::{FetchArgs, Plugin, Registry};
+
+/// One validated data request.
+#[derive(Debug, Clone)]
+pub struct DataRequest {
+    pub plugin: PluginName,
+    pub ticker: Ticker,
+    pub range: DateRange,
+    pub refresh: bool,
+}
+
+type FlightResult = Result<(Arc<Envelope>, Layer), AppError>;
+
+pub struct Pipeline {
+    pub registry: Arc<Registry>,
+    pub cache: Arc<Cache>,
+    pub metrics: Arc<Metrics>,
+    flights: SingleFlight<CacheKey, FlightResult>,
+}
+
+impl Pipeline {
+    pub fn new(registry: Arc<Registry>, cache: Arc<Cache>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            cache,
+            metrics,
+            flights: SingleFlight::default(),
+        })
+    }
+
+    /// Answers one request, counting it in the request metrics.
+    pub async fn get(self: &Arc<Self>, req: &DataRequest) -> Result<Answer, AppError> {
+        let pm = self.metrics.plugin(req.plugin.as_str());
+        let started = Instant::now();
+        pm.requests.inc();
+        let res = self.answer(req, &pm).await;
+        pm.lookup.observe(started.elapsed().as_secs_f64());
+        match &res {
+            Ok(_) => pm.success.inc(),
+            Err(e) => pm.failure(e.code()),
+        }
+        res
+    }
+
+    fn plugin(&self, name: &PluginName) -> Result<Arc<Plugin>, AppError> {
+        let slot = self
+            .registry
+            .get(name.as_str())
+            .ok_or_else(|| AppError::PluginNotFound(name.to_string()))?;
+        slot.current.clone().ok_or_else(|| {
+            AppError::PluginUnavailable(format!(
+                "plugin {name} has never loaded successfully: {}",
+                slot.last_error.as_deref().unwrap_or("unknown error")
+            ))
+        })
+    }
+
+    async fn answer(self: &Arc<Self>, req: &DataRequest, pm: &Arc<PluginMetrics>) -> Result<Answer, AppError> {
+        let plugin = self.plugin(&req.plugin)?;
+        let settings = plugin.settings();
+        let key = self
+            .cache
+            .keys()
+            .entry(&req.plugin, settings.cache_version, &req.ticker, &req.range);
+
+        if !req.refresh
+            && let Some(found) = self.cache.read(&key, &req.range, pm).await
+        {
+            let now = now_ms();
+            if found.env.is_fresh(now) {
+                match found.layer {
+                    Layer::Redis => pm.hits_redis.inc(),
+                    Layer::Memory => pm.hits_memory.inc(),
+                }
+                if let Payload::NoData { message } = &found.env.payload {
+                    return Err(AppError::NoData(message.clone()));
+                }
+                return Ok(Answer {
+                    age_s: found.env.age_ms(now) / 1000,
+                    ttl_s: found.env.ttl_left_s(now),
+                    env: found.env,
+                    status: CacheStatus::Hit,
+                    layer: found.layer,
+                });
+            }
+        }
+        if !req.refresh {
+            pm.misses.inc();
+        }
+
+        let this = Arc::clone(self);
+        let (r, k, p, pmc) = (req.clone(), key.clone(), Arc::clone(&plugin), Arc::clone(pm));
+        let (result, role) = self
+            .flights
+            .run(
+                key.clone(),
+                move || async move { this.fetch_and_store(&r, &k, &p, &pmc).await },
+                |panic| Err(AppError::Internal(format!("fetch task failed: {panic}"))),
+            )
+            .await;
+        if role == Role::Follower {
+            pm.coalesced.inc();
+        }
+        match result {
+            Ok((env, layer)) => Ok(Answer {
+                ttl_s: env.ttl_left_s(now_ms()),
+                age_s: 0,
+                env,
+                status: if req.refresh {
+                    CacheStatus::Bypass
+                } else {
+                    CacheStatus::Miss
+                },
+                layer,
+            }),
+            Err(e) if e.is_fetch_failure() => self.stale_or(e, req, &key, pm).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// stale-if-error: an expired copy within the window stands in for a failed fetch.
+    async fn stale_or(&self, err: AppError, req: &DataRequest, key: &CacheKey, pm: &PluginMetrics) -> Result<Answer, AppError> {
+        let window = self.cache.settings().stale_if_error;
+        if window.is_zero() {
+            return Err(err);
+        }
+        let Some(found) = self.cache.read_stale(key, &req.range, pm).await else {
+            return Err(err);
+        };
+        let now = now_ms();
+        let within = found.env.age_ms(now) < found.env.ttl_ms + window.as_millis() as u64;
+        if !within || !matches!(found.env.payload, Payload::Data(_)) {
+            return Err(err);
+        }
+        pm.stale.inc();
+        tracing::warn!(
+            plugin = %req.plugin, ticker = %req.ticker, range = %req.range, error = %err,
+            age_s = found.env.age_ms(now) / 1000,
+            "fetch failed; serving the stale cached copy (stale-if-error)"
+        );
+        Ok(Answer {
+            age_s: found.env.age_ms(now) / 1000,
+            ttl_s: 0,
+            env: found.env,
+            status: CacheStatus::Stale,
+            layer: found.layer,
+        })
+    }
+
+    async fn fetch_and_store(&self, req: &DataRequest, key: &CacheKey, plugin: &Arc<Plugin>, pm: &PluginMetrics) -> FlightResult {
+        let settings = plugin.settings();
+        let args = FetchArgs {
+            ticker: req.ticker.to_string(),
+            start: req.range.start().to_string(),
+            end: req.range.end().to_string(),
+        };
+        let started = Instant::now();
+        let out = plugin.fetch(args).await;
+        let took = started.elapsed();
+        pm.fetch.observe(took.as_secs_f64());
+        let (p, t) = (req.plugin.as_str(), req.ticker.as_str());
+        let raw = match out {
+            Ok(raw) => raw,
+            Err(AppError::NoData(m)) => return Err(self.remember_no_data(key, p, t, m, pm).await),
+            Err(e) => {
+                tracing::warn!(
+                    plugin = p, ticker = t, range = %req.range, code = e.code(),
+                    took_ms = took.as_millis() as u64, error = %e,
+                    "plugin fetch failed; nothing cached"
+                );
+                return Err(e);
+            }
+        };
+        let bars = Bars::validated(raw.bars, &req.range).map_err(|e| {
+            let err = AppError::InvalidPluginOutput(format!("plugin {p}: {e}"));
+            tracing::warn!(plugin = p, ticker = t, range = %req.range, error = %err, "plugin output breaks the contract; nothing cached (fix the plugin)");
+            err
+        })?;
+        if bars.is_empty() {
+            let msg = format!("plugin {p} has no data for {t} in {}", req.range);
+            return Err(self.remember_no_data(key, p, t, msg, pm).await);
+        }
+        let doc = DataDoc {
+            plugin: p.to_owned(),
+            ticker: t.to_owned(),
+            start: req.range.start().to_string(),
+            end: req.range.end().to_string(),
+            bars,
+            meta: raw.meta,
+            fetched_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let env = Envelope::new(Payload::Data(doc), settings.ttl);
+        let layer = self.cache.write(key, p, t, Arc::clone(&env), pm).await;
+        tracing::debug!(plugin = p, ticker = t, range = %req.range, took_ms = took.as_millis() as u64, layer = layer.as_str(), "fetched and cached");
+        Ok((env, layer))
+    }
+
+    async fn remember_no_data(&self, key: &CacheKey, plugin: &str, ticker: &str, message: String, pm: &PluginMetrics) -> AppError {
+        let ttl = self.cache.settings().negative_ttl;
+        if !ttl.is_zero() {
+            let env = Envelope::new(Payload::NoData { message: message.clone() }, ttl);
+            self.cache.write(key, plugin, ticker, env, pm).await;
+        }
+        AppError::NoData(message)
+    }
+
+    /// Deletes cache entries; see [`Cache::invalidate`].
+    pub async fn invalidate(&self, sel: &Selector) -> Result<u64, StoreError> {
+        self.cache.invalidate(sel, &self.registry.names()).await
+    }
+
+    pub fn inflight_fetches(&self) -> usize {
+        self.flights.len()
+    }
+}

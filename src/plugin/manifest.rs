@@ -1,0 +1,183 @@
+//! The table a plugin file returns, checked field by field.
+
+use std::time::Duration;
+
+use mlua::{Table, Value};
+
+use crate::config::parse_duration;
+
+/// A plugin's own declarations (before config overrides).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Manifest {
+    pub description: String,
+    pub ttl: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub cache_version: u32,
+    pub env: Vec<String>,
+    pub allow_hosts: Option<Vec<String>>,
+    pub max_concurrency: Option<usize>,
+}
+
+/// A problem in the returned table, with the key it concerns so the caller
+/// can point at the line that sets it.
+#[derive(Debug, Clone)]
+pub struct ManifestProblem {
+    pub key: String,
+    pub message: String,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "description",
+    "ttl",
+    "timeout",
+    "cache_version",
+    "env",
+    "allow_hosts",
+    "max_concurrency",
+    "fetch",
+];
+
+fn problem(key: &str, message: impl Into<String>) -> ManifestProblem {
+    ManifestProblem {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn duration(t: &Table, key: &str) -> Result<Option<Duration>, ManifestProblem> {
+    match t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))? {
+        Value::Nil => Ok(None),
+        Value::Integer(i) if i > 0 => Ok(Some(Duration::from_secs(i as u64))),
+        Value::Number(n) if n > 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n))),
+        Value::String(s) => {
+            let s = s.to_string_lossy();
+            match parse_duration(&s) {
+                Ok(d) if !d.is_zero() => Ok(Some(d)),
+                Ok(_) => Err(problem(key, format!("{key} must be more than 0"))),
+                Err(m) => Err(problem(key, format!("{key}: {m}"))),
+            }
+        }
+        other => Err(problem(
+            key,
+            format!(
+                "{key} must be a duration string such as \"1h\" or a positive number of seconds, got {}",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
+fn names(t: &Table, key: &str) -> Result<Option<Vec<String>>, ManifestProblem> {
+    match t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))? {
+        Value::Nil => Ok(None),
+        Value::Table(list) => {
+            let mut out = Vec::new();
+            for (i, v) in list.sequence_values::<Value>().enumerate() {
+                match v {
+                    Ok(Value::String(s)) => out.push(s.to_string_lossy()),
+                    _ => {
+                        return Err(problem(key, format!("{key}[{}] must be a string", i + 1)));
+                    }
+                }
+            }
+            Ok(Some(out))
+        }
+        other => Err(problem(
+            key,
+            format!("{key} must be a list of strings, got {}", other.type_name()),
+        )),
+    }
+}
+
+impl Manifest {
+    pub fn from_table(t: &Table) -> Result<Self, ManifestProblem> {
+        for pair in t.pairs::<Value, Value>() {
+            let (k, _) = pair.map_err(|e| problem("", e.to_string()))?;
+            match &k {
+                Value::String(s) => {
+                    let name = s.to_string_lossy();
+                    if !KNOWN_KEYS.contains(&name.as_str()) {
+                        return Err(problem(
+                            &name,
+                            format!("unknown key {name:?}; a plugin table may set {}", KNOWN_KEYS.join(", ")),
+                        ));
+                    }
+                }
+                other => {
+                    return Err(problem(
+                        "",
+                        format!("the plugin table has a {} key; only named keys are allowed", other.type_name()),
+                    ));
+                }
+            }
+        }
+        match t.raw_get::<Value>("fetch") {
+            Ok(Value::Function(_)) => {}
+            Ok(Value::Nil) => {
+                return Err(problem("fetch", "the plugin table has no fetch function; add fetch = function(req) ... end"));
+            }
+            Ok(other) => {
+                return Err(problem("fetch", format!("fetch must be a function, got {}", other.type_name())));
+            }
+            Err(e) => return Err(problem("fetch", e.to_string())),
+        }
+        let description = match t.raw_get::<Value>("description") {
+            Ok(Value::Nil) => String::new(),
+            Ok(Value::String(s)) => s.to_string_lossy(),
+            _ => return Err(problem("description", "description must be a string")),
+        };
+        let cache_version = match t.raw_get::<Value>("cache_version") {
+            Ok(Value::Nil) => 1,
+            Ok(Value::Integer(i)) if (0..=u32::MAX as i64).contains(&i) => i as u32,
+            Ok(Value::Number(n)) if n.fract() == 0.0 && n >= 0.0 && n <= u32::MAX as f64 => n as u32,
+            _ => {
+                return Err(problem("cache_version", "cache_version must be a whole number >= 0"));
+            }
+        };
+        let max_concurrency = match t.raw_get::<Value>("max_concurrency") {
+            Ok(Value::Nil) => None,
+            Ok(Value::Integer(i)) if i >= 1 => Some(i as usize),
+            _ => {
+                return Err(problem("max_concurrency", "max_concurrency must be a whole number >= 1"));
+            }
+        };
+        let env = names(t, "env")?.unwrap_or_default();
+        for e in &env {
+            if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(problem("env", format!("{e:?} is not an environment variable name")));
+            }
+        }
+        Ok(Manifest {
+            description,
+            ttl: duration(t, "ttl")?,
+            timeout: duration(t, "timeout")?,
+            cache_version,
+            env,
+            allow_hosts: names(t, "allow_hosts")?,
+            max_concurrency,
+        })
+    }
+}
+
+/// The line that sets `key` in the plugin source (best effort; 1 if not found),
+/// so `tickerd check` can point at it.
+pub fn line_of(source: &str, key: &str) -> usize {
+    if key.is_empty() {
+        return 1;
+    }
+    source
+        .lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+        .or_else(|| {
+            source
+                .lines()
+                .position(|l| l.trim_start().starts_with("return"))
+                .map(|i| i + 1)
+        })
+        .unwrap_or(1)
+}

@@ -1,0 +1,158 @@
+//! A Lua 5.4 state with only what the SPEC allows, built by allow-list.
+//!
+//! Only `string`, `table`, `math`, `utf8`, `coroutine` and a reduced `os` are
+//! opened; from the base library the unsafe loaders are removed and `load`
+//! is re-exported in text mode only, because crafted bytecode can crash the VM.
+//! A global instruction hook enforces the current fetch's deadline; because it
+//! is global it also runs inside coroutines a plugin creates itself, and
+//! `pcall`/`xpcall`/`coroutine.resume` re-raise once the deadline has passed
+//! so a plugin cannot swallow its own timeout.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use mlua::{HookTriggers, Lua, LuaOptions, StdLib, Value, VmState};
+
+use super::host::HostError;
+
+thread_local! {
+    /// Deadline of the fetch whose Lua code is running on this thread right now.
+    static DEADLINE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+}
+
+/// How often (in VM instructions) the hook looks at the clock: cheap enough
+/// to be invisible, frequent enough to stop a busy loop within microseconds.
+const HOOK_EVERY: u32 = 1000;
+
+fn deadline_passed() -> Option<Duration> {
+    DEADLINE.with(|d| d.get()).and_then(|(at, limit)| (Instant::now() >= at).then_some(limit))
+}
+
+/// Runs `f` with the deadline set for the Lua code it executes.
+pub fn with_deadline<T>(deadline: Instant, limit: Duration, f: impl FnOnce() -> T) -> T {
+    let prev = DEADLINE.with(|d| d.replace(Some((deadline, limit))));
+    let out = f();
+    DEADLINE.with(|d| d.set(prev));
+    out
+}
+
+/// A future whose every poll (each stretch of Lua execution between awaits)
+/// runs under the given deadline.
+pub struct Deadlined<F> {
+    inner: Pin<Box<F>>,
+    deadline: Instant,
+    limit: Duration,
+}
+
+impl<F> Deadlined<F> {
+    pub fn new(inner: F, deadline: Instant, limit: Duration) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            deadline,
+            limit,
+        }
+    }
+}
+
+impl<F: Future> Future for Deadlined<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let (deadline, limit) = (self.deadline, self.limit);
+        with_deadline(deadline, limit, || self.inner.as_mut().poll(cx))
+    }
+}
+
+const PRELUDE: &str = r##"
+local raw_pcall, raw_xpcall, raw_resume, raw_load, passed, log_info = ...
+local select, error, tostring, type = select, error, tostring, type
+local function recheck(ok, ...)
+  if not ok and passed() then error((...), 0) end
+  return ok, ...
+end
+pcall = function(f, ...) return recheck(raw_pcall(f, ...)) end
+xpcall = function(f, h, ...) return recheck(raw_xpcall(f, h, ...)) end
+coroutine.resume = function(co, ...) return recheck(raw_resume(co, ...)) end
+load = function(chunk, name, mode, env)
+  -- Text only, whatever the caller asks for: binary chunks can crash the VM.
+  if env == nil then return raw_load(chunk, name, "t") end
+  return raw_load(chunk, name, "t", env)
+end
+print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[#parts + 1] = tostring((select(i, ...))) end
+  log_info(table.concat(parts, "\t"))
+end
+"##;
+
+/// Builds the sandboxed state with its memory limit and deadline hook.
+/// Host modules are installed by the caller.
+pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
+    let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    let g = lua.globals();
+
+    // Base library: keep the pure functions, drop the loaders and GC control.
+    for name in ["dofile", "loadfile", "require", "module", "package", "debug", "io", "loadstring"] {
+        g.raw_set(name, Value::Nil)?;
+    }
+    let raw_collect: mlua::Function = g.raw_get("collectgarbage")?;
+    g.raw_set(
+        "collectgarbage",
+        lua.create_function(move |_, (opt, arg): (Option<String>, Value)| {
+            match opt.as_deref() {
+                Some("count") => raw_collect.call::<mlua::MultiValue>(("count", arg)),
+                Some(other) => Err(mlua::Error::runtime(format!(
+                    "collectgarbage({other:?}) is not available to plugins; only \"count\" is"
+                ))),
+                None => Err(mlua::Error::runtime(
+                    "collectgarbage() is not available to plugins; only collectgarbage(\"count\") is",
+                )),
+            }
+        })?,
+    )?;
+
+    // os: only time, date and clock.
+    let os: mlua::Table = g.raw_get("os")?;
+    let safe_os = lua.create_table()?;
+    for name in ["time", "date", "clock"] {
+        safe_os.raw_set(name, os.raw_get::<Value>(name)?)?;
+    }
+    g.raw_set("os", safe_os)?;
+
+    // string.dump would hand out bytecode; nothing legitimate needs it here.
+    let string: mlua::Table = g.raw_get("string")?;
+    string.raw_set("dump", Value::Nil)?;
+
+    let passed = lua.create_function(|_, ()| Ok(deadline_passed().is_some()))?;
+    let log_info = lua.create_function(|_, msg: String| {
+        tracing::info!(target: "tickerd::plugin", "{msg}");
+        Ok(())
+    })?;
+    lua.load(PRELUDE)
+        .set_name("=tickerd-prelude")
+        .set_mode(mlua::chunk::ChunkMode::Text)
+        .call::<()>((
+            g.raw_get::<Value>("pcall")?,
+            g.raw_get::<Value>("xpcall")?,
+            lua.globals().raw_get::<mlua::Table>("coroutine")?.raw_get::<Value>("resume")?,
+            g.raw_get::<Value>("load")?,
+            passed,
+            log_info,
+        ))?;
+
+    lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), |_, _| {
+        match deadline_passed() {
+            Some(limit) => Err(mlua::Error::external(HostError::Timeout(format!(
+                "timeout of {} reached while running Lua code",
+                humantime::format_duration(limit)
+            )))),
+            None => Ok(VmState::Continue),
+        }
+    })?;
+    lua.set_memory_limit(memory_limit)?;
+    Ok(lua)
+}

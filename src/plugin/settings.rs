@@ -1,0 +1,61 @@
+//! A plugin's effective settings: what its file declares, overridden by
+//! `[plugins.<name>]`, falling back to defaults. Kept behind an `ArcSwap` so a
+//! config reload changes `ttl`, `timeout`, `env` and limits without recompiling.
+
+use std::time::Duration;
+
+use crate::config::PluginOverrides;
+
+use super::manifest::Manifest;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MEMORY: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub ttl: Duration,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub env: Vec<String>,
+    pub allow_hosts: Option<Vec<String>>,
+    pub memory_limit: usize,
+    pub max_body: usize,
+    pub states: usize,
+    pub cache_version: u32,
+}
+
+impl Settings {
+    pub fn effective(m: &Manifest, o: &PluginOverrides, default_ttl: Duration) -> Self {
+        let mut env = m.env.clone();
+        for e in o.env.iter().flatten() {
+            if !env.contains(e) {
+                env.push(e.clone());
+            }
+        }
+        Settings {
+            ttl: o.ttl.or(m.ttl).unwrap_or(default_ttl),
+            timeout: o.timeout.or(m.timeout).unwrap_or(DEFAULT_TIMEOUT),
+            max_concurrency: o
+                .max_concurrency
+                .or(m.max_concurrency)
+                .unwrap_or(DEFAULT_MAX_CONCURRENCY),
+            env,
+            allow_hosts: o.allow_hosts.clone().or_else(|| m.allow_hosts.clone()),
+            memory_limit: o.memory_limit.unwrap_or(DEFAULT_MEMORY),
+            max_body: o.max_body.unwrap_or(DEFAULT_MAX_BODY),
+            states: o.states.unwrap_or_else(default_states),
+            cache_version: m.cache_version,
+        }
+    }
+}
+
+/// One Lua state per core: a state runs Lua on one thread at a time, and
+/// this machine kind has two cores.
+fn default_states() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4)
+}

@@ -1,0 +1,155 @@
+//! A Lua state on its own OS thread.
+//!
+//! Each worker thread runs a single-threaded tokio runtime, so one state
+//! interleaves many fetches that wait on HTTP (a waiting plugin blocks no
+//! thread), while Lua itself stays on the thread that owns it. Keeping Lua
+//! off the main runtime also contains the one thing hooks cannot stop: a C
+//! function (a pathological pattern match) that runs for minutes wedges only
+//! this worker, which the pool then replaces.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::host::HostCtx;
+use super::manifest::Manifest;
+use super::output::RawOutput;
+use super::state::{FetchArgs, LoadProblem, PluginState};
+use crate::error::AppError;
+
+struct Job {
+    args: FetchArgs,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<RawOutput, AppError>>,
+}
+
+pub struct Worker {
+    tx: mpsc::UnboundedSender<Job>,
+    inflight: Arc<AtomicUsize>,
+    wedged: AtomicBool,
+    memory: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    /// Starts the thread and loads the plugin in it; returns once the load
+    /// has succeeded or failed.
+    pub async fn start(
+        source: Arc<str>,
+        file: String,
+        ctx: HostCtx,
+        memory_limit: usize,
+        index: usize,
+    ) -> Result<(Arc<Worker>, Manifest), LoadProblem> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let memory = Arc::new(AtomicUsize::new(0));
+        let mem = Arc::clone(&memory);
+        let name = format!("lua-{}-{index}", ctx.plugin);
+        let file_for_err = file.clone();
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(LoadProblem {
+                        file,
+                        line: 1,
+                        message: format!("cannot start a runtime for the plugin: {e}"),
+                    }));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let state = match PluginState::load(&source, &file, &ctx, memory_limit) {
+                    Ok((state, manifest)) => {
+                        let _ = ready_tx.send(Ok(manifest));
+                        std::rc::Rc::new(state)
+                    }
+                    Err(p) => {
+                        let _ = ready_tx.send(Err(p));
+                        return;
+                    }
+                };
+                mem.store(state.used_memory(), Ordering::Relaxed);
+                let mut tasks = tokio::task::JoinSet::new();
+                while let Some(job) = rx.recv().await {
+                    let st = std::rc::Rc::clone(&state);
+                    let mem = Arc::clone(&mem);
+                    tasks.spawn_local(async move {
+                        let res = st.fetch(&job.args, job.timeout).await;
+                        mem.store(st.used_memory(), Ordering::Relaxed);
+                        let _ = job.reply.send(res);
+                    });
+                    while tasks.try_join_next().is_some() {}
+                }
+                // The pool dropped us (reload or shutdown): let in-flight
+                // fetches finish on this version before the state goes away.
+                while tasks.join_next().await.is_some() {}
+            });
+        });
+        if let Err(e) = spawned {
+            return Err(LoadProblem {
+                file: file_for_err,
+                line: 1,
+                message: format!("cannot start a thread for the plugin: {e}"),
+            });
+        }
+        let manifest = match ready_rx.await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(LoadProblem {
+                    file: file_for_err,
+                    line: 1,
+                    message: "the plugin thread stopped while loading".into(),
+                });
+            }
+        };
+        Ok((
+            Arc::new(Worker {
+                tx,
+                inflight: Arc::new(AtomicUsize::new(0)),
+                wedged: AtomicBool::new(false),
+                memory,
+            }),
+            manifest,
+        ))
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_wedged(&self) -> bool {
+        self.wedged.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_wedged(&self) {
+        self.wedged.store(true, Ordering::Relaxed);
+    }
+
+    pub fn used_memory(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// Hands a fetch to the thread. The returned receiver yields the result,
+    /// or is closed if the thread is gone.
+    pub fn submit(&self, args: FetchArgs, timeout: Duration) -> (oneshot::Receiver<Result<RawOutput, AppError>>, InflightGuard) {
+        let (reply, rx) = oneshot::channel();
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        let guard = InflightGuard(Arc::clone(&self.inflight));
+        // A send error means the thread is gone; the caller sees a closed receiver.
+        let _ = self.tx.send(Job { args, timeout, reply });
+        (rx, guard)
+    }
+}
+
+/// Decrements the worker's in-flight count when the caller stops waiting.
+pub struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

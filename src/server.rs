@@ -1,0 +1,75 @@
+//! `tickerd serve`: bind, serve, and drain on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::daemon::Daemon;
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining requests in flight, then exiting"),
+        _ = term => tracing::info!("SIGTERM: draining requests in flight, then exiting"),
+    }
+}
+
+/// Runs the daemon until a shutdown signal; returns the process exit code.
+pub async fn serve(daemon: Arc<Daemon>) -> u8 {
+    let cfg = daemon.config.load_full();
+    let listener = match TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %cfg.listen, error = %e, "cannot listen; pick another address with --listen or TICKERD_LISTEN");
+            return 1;
+        }
+    };
+    daemon.cache.redis().spawn_supervisor();
+    let report = daemon.start().await;
+    crate::reload::spawn_sighup(Arc::clone(&daemon));
+    tracing::info!(
+        listen = %cfg.listen, plugins_dir = %cfg.plugins_dir.display(),
+        plugins = report.loaded.len(), failed = report.failed.len(),
+        redis = %daemon.cache.redis().display_url(),
+        redis_up = daemon.cache.redis().is_up(),
+        "tickerd is serving"
+    );
+    let app = crate::http::router(Arc::clone(&daemon));
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = cfg.drain_timeout;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = drained_tx.send(());
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    // Once the signal arrives, give in-flight requests `drain_timeout`.
+    let res = tokio::select! {
+        r = &mut server => Ok(r),
+        _ = drained_rx => tokio::time::timeout(drain, server).await,
+    };
+    match res {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("drained; bye");
+            0
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "server error");
+            1
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "server task failed");
+            1
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?drain, "drain timeout reached with requests still in flight; exiting anyway");
+            0
+        }
+    }
+}
