@@ -1,0 +1,227 @@
+//! The real `tickerd serve` binary, started for one test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_for};
+
+pub struct DaemonBuilder {
+    plugins: tempfile::TempDir,
+    config: String,
+    env: Vec<(String, String)>,
+    redis_url: String,
+    listen: Option<String>,
+    extra_args: Vec<String>,
+}
+
+pub struct Daemon {
+    pub base: String,
+    pub port: u16,
+    pub plugins_dir: PathBuf,
+    child: Option<Child>,
+    _plugins: tempfile::TempDir,
+    _config: tempfile::NamedTempFile,
+    pub http: reqwest::Client,
+    log: PathBuf,
+}
+
+/// The bundled plugins directory of this repository.
+pub fn repo_plugins() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins")
+}
+
+impl DaemonBuilder {
+    /// A daemon against `redis_url` (use a closed port for "no Redis").
+    pub fn new(redis_url: &str) -> Self {
+        Self {
+            plugins: tempfile::tempdir().expect("plugins temp dir"),
+            config: String::new(),
+            env: Vec::new(),
+            redis_url: redis_url.to_owned(),
+            listen: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Copies a bundled plugin into this daemon's plugins dir.
+    pub fn bundled(self, name: &str) -> Self {
+        let src = repo_plugins().join(format!("{name}.lua"));
+        std::fs::copy(&src, self.plugins.path().join(format!("{name}.lua")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        self
+    }
+
+    /// Writes a plugin file with the given source.
+    pub fn plugin(self, name: &str, source: &str) -> Self {
+        std::fs::write(self.plugins.path().join(format!("{name}.lua")), source).expect("write plugin");
+        self
+    }
+
+    /// Appends TOML to the config file (a `[redis]` section with a unique
+    /// key prefix and the URL is always written).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_owned());
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra_args.push(a.to_owned());
+        self
+    }
+
+    pub fn plugins_path(&self) -> &Path {
+        self.plugins.path()
+    }
+
+    pub async fn start(self) -> Daemon {
+        let port = free_port();
+        let listen = self.listen.clone().unwrap_or_else(|| format!("127.0.0.1:{port}"));
+        let port = listen.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(port);
+        let prefix = super::unique("t");
+        let mut config = tempfile::NamedTempFile::new().expect("config temp file");
+        let has_redis_section = self.config.contains("[redis]");
+        let text = if has_redis_section {
+            self.config.clone()
+        } else {
+            format!(
+                "[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\nop_timeout = \"250ms\"\nconnect_timeout = \"250ms\"\nbackoff = \"300ms\"\n{}",
+                self.redis_url, self.config
+            )
+        };
+        std::io::Write::write_all(&mut config, text.as_bytes()).expect("write config");
+        let log = std::env::temp_dir().join(format!("{prefix}-tickerd.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickerd"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--plugins")
+            .arg(self.plugins.path())
+            .arg("--config")
+            .arg(config.path())
+            .args(&self.extra_args)
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_HOST")
+            .env_remove("REDIS_PORT")
+            .env_remove("REDIS_DB")
+            .env_remove("CACHE_TTL_SECONDS")
+            .env("TICKERD_LOG", "info,tickerd=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TICKERD_") && k != "TICKERD_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start tickerd");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let d = Daemon {
+            base: format!("http://{listen}"),
+            port,
+            plugins_dir: self.plugins.path().to_path_buf(),
+            child: Some(child),
+            _plugins: self.plugins,
+            _config: config,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+            log,
+        };
+        let url = format!("{}/readyz", d.base);
+        let http = d.http.clone();
+        wait_for("tickerd /readyz to answer 200", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        d
+    }
+}
+
+impl Daemon {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        let v = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, v)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.expect("metrics text")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Log output so far (for assertions and for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("--- tickerd log ({}) ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// A loopback port with nothing listening (for "Redis absent").
+pub fn dead_redis_url() -> String {
+    format!("redis://127.0.0.1:{}/0", free_port())
+}
