@@ -15,7 +15,11 @@ use crate::pipeline::DataRequest;
 use crate::plugin::{Settings, check_source, is_meta_file, sha256_hex};
 
 #[derive(Parser, Debug)]
-#[command(name = "tickerd", version, about = "Hosts Lua market-data fetcher plugins behind one shared Redis cache")]
+#[command(
+    name = "tickerd",
+    version,
+    about = "Hosts Lua market-data fetcher plugins behind one shared Redis cache"
+)]
 pub struct Cli {
     /// TOML config file (also TICKERD_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
@@ -134,7 +138,11 @@ pub fn main() -> ExitCode {
             end,
         } => invalidate(config, flags, plugin, ticker, start, end),
         Command::Check { paths } => {
-            let paths = if paths.is_empty() { vec![config.plugins_dir.clone()] } else { paths };
+            let paths = if paths.is_empty() {
+                vec![config.plugins_dir.clone()]
+            } else {
+                paths
+            };
             check(&paths)
         }
         Command::Plugins => plugins(&config),
@@ -195,7 +203,11 @@ fn invalidate(
 ) -> ExitCode {
     let sel = (|| -> Result<Selector, crate::model::InvalidField> {
         let range = match (&start, &end) {
-            (Some(s), Some(e)) => Some(DateRange::from_request(Some(s), Some(e), chrono::Utc::now().date_naive())?),
+            (Some(s), Some(e)) => Some(DateRange::from_request(
+                Some(s),
+                Some(e),
+                chrono::Utc::now().date_naive(),
+            )?),
             _ => None,
         };
         Ok(Selector {
@@ -215,10 +227,16 @@ fn invalidate(
     rt.block_on(async move {
         let daemon = Daemon::new(config, flags);
         if let Err(e) = daemon.cache.redis().connect().await {
-            eprintln!("tickerd: cannot reach redis at {}: {e}", daemon.cache.redis().display_url());
+            eprintln!(
+                "tickerd: cannot reach redis at {}: {e}",
+                daemon.cache.redis().display_url()
+            );
             return ExitCode::from(1);
         }
-        let names: Vec<String> = plugin_files(&daemon.registry.dir()).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = plugin_files(&daemon.registry.dir())
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         match daemon.cache.invalidate(&sel, &names).await {
             Ok(n) => {
                 println!("{n}");
@@ -258,7 +276,14 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         }
     }
     if files.is_empty() {
-        eprintln!("tickerd: no plugin files found in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "tickerd: no plugin files found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         return ExitCode::from(1);
     }
     let mut problems = 0;
@@ -302,10 +327,15 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 
 fn plugins(config: &Config) -> ExitCode {
     let files = plugin_files(&config.plugins_dir);
-    println!("{:<16} {:>8} {:<12} {:<6} DESCRIPTION", "NAME", "TTL", "VERSION", "STATUS");
+    println!(
+        "{:<16} {:>8} {:<12} {:<6} DESCRIPTION",
+        "NAME", "TTL", "VERSION", "STATUS"
+    );
     let mut failed = false;
     for (name, file) in files {
-        let Ok(source) = std::fs::read_to_string(&file) else { continue };
+        let Ok(source) = std::fs::read_to_string(&file) else {
+            continue;
+        };
         if is_meta_file(&source) {
             continue;
         }

@@ -35,7 +35,11 @@ pub struct ReloadOutcome {
 impl Daemon {
     pub fn new(config: Config, flags: Flags) -> Arc<Self> {
         let metrics = Metrics::new();
-        let cache = Arc::new(Cache::new(config.redis.clone(), config.cache.clone(), Arc::clone(&metrics)));
+        let cache = Arc::new(Cache::new(
+            config.redis.clone(),
+            config.cache.clone(),
+            Arc::clone(&metrics),
+        ));
         let registry = Registry::new(
             config.plugins_dir.clone(),
             config.plugins.clone(),

@@ -79,15 +79,11 @@ impl AppError {
         match self {
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            AppError::PluginNotFound(_) | AppError::NoData(_) | AppError::NotFound(_) => {
-                StatusCode::NOT_FOUND
+            AppError::PluginNotFound(_) | AppError::NoData(_) | AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::PluginError(_) | AppError::InvalidPluginOutput(_) | AppError::UpstreamError(_) => {
+                StatusCode::BAD_GATEWAY
             }
-            AppError::PluginError(_)
-            | AppError::InvalidPluginOutput(_)
-            | AppError::UpstreamError(_) => StatusCode::BAD_GATEWAY,
-            AppError::PluginUnavailable(_) | AppError::CacheUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::PluginUnavailable(_) | AppError::CacheUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::PluginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -36,7 +36,9 @@ pub struct DataDoc {
 pub enum Payload {
     Data(DataDoc),
     /// A remembered "no data" answer (negative caching).
-    NoData { message: String },
+    NoData {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,8 +86,7 @@ impl Envelope {
             return Err(DecodeError::Version(env.v));
         }
         if let Payload::Data(doc) = &env.payload {
-            Bars::check(doc.bars.as_slice(), range)
-                .map_err(|e| DecodeError::Contract(e.to_string()))?;
+            Bars::check(doc.bars.as_slice(), range).map_err(|e| DecodeError::Contract(e.to_string()))?;
             if doc.bars.is_empty() {
                 return Err(DecodeError::Contract("no bars".into()));
             }
@@ -107,8 +108,9 @@ impl Envelope {
         self.age_ms(now) < self.ttl_ms
     }
 
-    /// Seconds of freshness left (0 once stale).
+    /// Seconds of freshness left, rounded up so a fresh entry shows its full
+    /// TTL (0 once stale).
     pub fn ttl_left_s(&self, now: u64) -> u64 {
-        self.ttl_ms.saturating_sub(self.age_ms(now)) / 1000
+        self.ttl_ms.saturating_sub(self.age_ms(now)).div_ceil(1000)
     }
 }

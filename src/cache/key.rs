@@ -39,13 +39,7 @@ impl KeySpace {
         format!("{{{plugin}:{ticker}}}")
     }
 
-    pub fn entry(
-        &self,
-        plugin: &PluginName,
-        version: u32,
-        ticker: &Ticker,
-        range: &DateRange,
-    ) -> CacheKey {
+    pub fn entry(&self, plugin: &PluginName, version: u32, ticker: &Ticker, range: &DateRange) -> CacheKey {
         let (p, t) = (plugin.as_str(), ticker.as_str());
         let (s, e) = (range.start(), range.end());
         if self.cluster {
@@ -157,8 +151,7 @@ mod tests {
     use chrono::NaiveDate;
 
     fn range(s: &str, e: &str) -> DateRange {
-        DateRange::from_request(Some(s), Some(e), NaiveDate::from_ymd_opt(2030, 1, 1).unwrap())
-            .unwrap()
+        DateRange::from_request(Some(s), Some(e), NaiveDate::from_ymd_opt(2030, 1, 1).unwrap()).unwrap()
     }
 
     #[test]

@@ -24,13 +24,7 @@ impl moka::Expiry<String, Stored> for KeepFor {
         Some(v.keep_for)
     }
 
-    fn expire_after_update(
-        &self,
-        _k: &String,
-        v: &Stored,
-        _now: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
+    fn expire_after_update(&self, _k: &String, v: &Stored, _now: Instant, _left: Option<Duration>) -> Option<Duration> {
         Some(v.keep_for)
     }
 }
@@ -68,11 +62,7 @@ impl MemoryLayer {
         let pred = Arc::new(pred);
         let n = self.entries.iter().filter(|(k, _)| pred(k.as_str())).count() as u64;
         let p = Arc::clone(&pred);
-        if self
-            .entries
-            .invalidate_entries_if(move |k, _| p(k.as_str()))
-            .is_err()
-        {
+        if self.entries.invalidate_entries_if(move |k, _| p(k.as_str())).is_err() {
             // Closures not supported would be a build error of ours; fall back
             // to removing one by one.
             let keys: Vec<_> = self

@@ -112,8 +112,7 @@ impl Cache {
         let got = self
             .redis
             .call("GET", move |mut c| {
-                async move { redis::cmd("GET").arg(&k).query_async::<Option<Vec<u8>>>(&mut c).await }
-                    .boxed()
+                async move { redis::cmd("GET").arg(&k).query_async::<Option<Vec<u8>>>(&mut c).await }.boxed()
             })
             .await;
         match got {
@@ -181,14 +180,13 @@ impl Cache {
                 .arg(self.space.plugin_index(plugin))
                 .arg(ticker)
                 .ignore();
-            pipe.cmd("SADD")
-                .arg(self.space.plugins_index())
-                .arg(plugin)
-                .ignore();
+            pipe.cmd("SADD").arg(self.space.plugins_index()).arg(plugin).ignore();
         }
         let res = self
             .redis
-            .call("SET", move |mut c| async move { pipe.query_async::<()>(&mut c).await }.boxed())
+            .call("SET", move |mut c| {
+                async move { pipe.query_async::<()>(&mut c).await }.boxed()
+            })
             .await;
         if self.space_is_cluster() && res.is_ok() {
             // Index sets of other slots: separate calls (a cluster pipeline
@@ -200,8 +198,7 @@ impl Cache {
                 let _ = self
                     .redis
                     .call("SADD", move |mut c| {
-                        async move { redis::cmd("SADD").arg(set).arg(member).query_async::<()>(&mut c).await }
-                            .boxed()
+                        async move { redis::cmd("SADD").arg(set).arg(member).query_async::<()>(&mut c).await }.boxed()
                     })
                     .await;
             }
@@ -228,7 +225,9 @@ impl Cache {
     pub async fn invalidate(&self, sel: &Selector, known_plugins: &[String]) -> Result<u64, StoreError> {
         let space = self.space.clone();
         let s = sel.clone();
-        let mem_removed = self.memory.remove_matching(move |k| CacheKey::from(k.to_owned()).matches(&space, &s));
+        let mem_removed = self
+            .memory
+            .remove_matching(move |k| CacheKey::from(k.to_owned()).matches(&space, &s));
 
         let plugins: Vec<String> = match &sel.plugin {
             Some(p) => vec![p.to_string()],
@@ -237,8 +236,7 @@ impl Cache {
                 let mut names: Vec<String> = self
                     .redis
                     .call("SMEMBERS", move |mut c| {
-                        async move { redis::cmd("SMEMBERS").arg(set).query_async::<Vec<String>>(&mut c).await }
-                            .boxed()
+                        async move { redis::cmd("SMEMBERS").arg(set).query_async::<Vec<String>>(&mut c).await }.boxed()
                     })
                     .await?;
                 names.extend(known_plugins.iter().cloned());
@@ -277,7 +275,12 @@ impl Cache {
         Ok(deleted)
     }
 
-    async fn invalidate_ticker(&self, plugin: &str, ticker: &str, range: Option<&DateRange>) -> Result<u64, StoreError> {
+    async fn invalidate_ticker(
+        &self,
+        plugin: &str,
+        ticker: &str,
+        range: Option<&DateRange>,
+    ) -> Result<u64, StoreError> {
         let index = self.space.ticker_index(plugin, ticker);
         let idx = index.clone();
         let members: Vec<String> = self

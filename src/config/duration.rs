@@ -29,7 +29,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 fn seconds(secs: f64) -> Option<Duration> {
-    (secs.is_finite() && secs >= 0.0 && secs < 1.0e12).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && (0.0..1.0e12).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 impl RawDuration {

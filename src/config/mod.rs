@@ -218,7 +218,10 @@ impl Config {
                 None | Some("native") => WatcherKind::Native,
                 Some("poll") => WatcherKind::Poll,
                 Some(other) => {
-                    return Err(invalid("watcher", format!("{other:?}: expected \"native\" or \"poll\"")));
+                    return Err(invalid(
+                        "watcher",
+                        format!("{other:?}: expected \"native\" or \"poll\""),
+                    ));
                 }
             }
         };
@@ -230,8 +233,7 @@ impl Config {
 
         let mut plugins = BTreeMap::new();
         for (name, section) in &file.plugins {
-            PluginName::parse(name)
-                .map_err(|e| invalid(format!("plugins.{name}"), e.message))?;
+            PluginName::parse(name).map_err(|e| invalid(format!("plugins.{name}"), e.message))?;
             plugins.insert(name.clone(), resolve_plugin(name, section)?);
         }
 
@@ -309,10 +311,7 @@ fn dur(v: &Option<RawDuration>, key: &str, default: Duration) -> Result<Duration
     }
 }
 
-fn resolve_redis(
-    file: &FileConfig,
-    env_get: &dyn Fn(&str) -> Option<String>,
-) -> Result<RedisConfig, ConfigError> {
+fn resolve_redis(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) -> Result<RedisConfig, ConfigError> {
     let r = &file.redis;
     let url = if let Some(u) = env_get("REDIS_URL") {
         check_redis_url("REDIS_URL", &u)?;
@@ -381,10 +380,7 @@ fn check_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
         })
 }
 
-fn resolve_cache(
-    file: &FileConfig,
-    env_get: &dyn Fn(&str) -> Option<String>,
-) -> Result<CacheConfig, ConfigError> {
+fn resolve_cache(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) -> Result<CacheConfig, ConfigError> {
     let c = &file.cache;
     let default_ttl = match env_get("CACHE_TTL_SECONDS") {
         Some(v) => parse_duration(&v).map_err(|m| invalid("CACHE_TTL_SECONDS", m))?,
@@ -409,7 +405,11 @@ fn resolve_cache(
 
 fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, ConfigError> {
     let key = |k: &str| format!("plugins.{name}.{k}");
-    let ttl = s.ttl.as_ref().map(|r| r.parse().map_err(|m| invalid(key("ttl"), m))).transpose()?;
+    let ttl = s
+        .ttl
+        .as_ref()
+        .map(|r| r.parse().map_err(|m| invalid(key("ttl"), m)))
+        .transpose()?;
     if ttl.is_some_and(|t| t.is_zero()) {
         return Err(invalid(key("ttl"), "must be more than 0"));
     }
@@ -436,7 +436,10 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
     if let Some(env) = &s.env {
         for v in env {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(invalid(key("env"), format!("{v:?} is not an environment variable name")));
+                return Err(invalid(
+                    key("env"),
+                    format!("{v:?} is not an environment variable name"),
+                ));
             }
         }
     }
@@ -469,7 +472,9 @@ pub fn parse_bytes(raw: &str) -> Result<usize, String> {
         "g" | "gb" => 1e9,
         "gib" => 1024.0 * 1024.0 * 1024.0,
         other => {
-            return Err(format!("{raw:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"));
+            return Err(format!(
+                "{raw:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
         }
     };
     let v = n * mult;
@@ -503,7 +508,10 @@ mod tests {
     #[test]
     fn flag_beats_env_beats_file() {
         let file = "listen = \"127.0.0.1:7001\"\nplugins_dir = \"from-file\"\n";
-        let e = env(&[("TICKERD_LISTEN", "127.0.0.1:7002"), ("TICKERD_PLUGINS_DIR", "from-env")]);
+        let e = env(&[
+            ("TICKERD_LISTEN", "127.0.0.1:7002"),
+            ("TICKERD_PLUGINS_DIR", "from-env"),
+        ]);
         let c = Config::resolve(&Flags::default(), &env(&[]), None, Some(file)).unwrap();
         assert_eq!(c.listen.port(), 7001);
         assert_eq!(c.plugins_dir, PathBuf::from("from-file"));
@@ -537,7 +545,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let cases: &[(&[(&str, &str)], Option<&str>, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+        let cases: &[Case] = &[
             (&[("REDIS_PORT", "abc")], None, "REDIS_PORT"),
             (&[("CACHE_TTL_SECONDS", "soon")], None, "CACHE_TTL_SECONDS"),
             (&[("TICKERD_LISTEN", "nowhere")], None, "TICKERD_LISTEN"),
@@ -547,7 +556,11 @@ mod tests {
             (&[], Some("[plugins.yahoo]\nttl = \"x\"\n"), "plugins.yahoo.ttl"),
             (&[], Some("[plugins.Yahoo]\n"), "plugins.Yahoo"),
             (&[], Some("[redis]\nurl = \"http://x\"\n"), "redis.url"),
-            (&[], Some("[[watch]]\nplugin = \"y\"\ntickers = [\"A:B\"]\nevery = \"5m\"\n"), "watch[0].tickers"),
+            (
+                &[],
+                Some("[[watch]]\nplugin = \"y\"\ntickers = [\"A:B\"]\nevery = \"5m\"\n"),
+                "watch[0].tickers",
+            ),
         ];
         for (e, file, key) in cases {
             let err = Config::resolve(&Flags::default(), &env(e), None, *file).unwrap_err();
@@ -557,8 +570,7 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_named() {
-        let err = Config::resolve(&Flags::default(), &env(&[]), None, Some("[cache]\nttl = 5\n"))
-            .unwrap_err();
+        let err = Config::resolve(&Flags::default(), &env(&[]), None, Some("[cache]\nttl = 5\n")).unwrap_err();
         assert!(err.to_string().contains("ttl"), "{err}");
         let err = Config::resolve(&Flags::default(), &env(&[]), None, Some("colour = 1\n")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");

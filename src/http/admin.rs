@@ -46,11 +46,18 @@ pub fn parse_selector(raw: Option<&str>) -> Result<Selector, AppError> {
     let plugin = q.get("plugin").map(PluginName::parse).transpose()?;
     let ticker = q.get("ticker").map(Ticker::parse).transpose()?;
     if plugin.is_none() && ticker.is_none() {
-        return Err(AppError::bad_request("plugin", "give plugin, ticker or both to say what to delete"));
+        return Err(AppError::bad_request(
+            "plugin",
+            "give plugin, ticker or both to say what to delete",
+        ));
     }
     let range = match (q.get("start"), q.get("end")) {
         (None, None) => None,
-        (Some(s), Some(e)) => Some(DateRange::from_request(Some(s), Some(e), chrono::Utc::now().date_naive())?),
+        (Some(s), Some(e)) => Some(DateRange::from_request(
+            Some(s),
+            Some(e),
+            chrono::Utc::now().date_naive(),
+        )?),
         (Some(_), None) => return Err(AppError::bad_request("end", "start and end go together; give both")),
         (None, Some(_)) => return Err(AppError::bad_request("start", "start and end go together; give both")),
     };

@@ -20,7 +20,10 @@ fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, AppError> {
     match q.get("format") {
         Some("json") => Ok(Format::Json),
         Some("csv") => Ok(Format::Csv),
-        Some(other) => Err(AppError::bad_request("format", format!("{other:?} is not a format; use json or csv"))),
+        Some(other) => Err(AppError::bad_request(
+            "format",
+            format!("{other:?} is not a format; use json or csv"),
+        )),
         None => {
             let csv = headers
                 .get(header::ACCEPT)
@@ -32,7 +35,12 @@ fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, AppError> {
 }
 
 /// Turns path and query into a validated request (SPEC request rules).
-pub fn parse_request(plugin: &str, ticker: &str, raw_query: Option<&str>, today: chrono::NaiveDate) -> Result<(DataRequest, Query), AppError> {
+pub fn parse_request(
+    plugin: &str,
+    ticker: &str,
+    raw_query: Option<&str>,
+    today: chrono::NaiveDate,
+) -> Result<(DataRequest, Query), AppError> {
     let q = Query::parse(raw_query, &["start", "end", "refresh", "format"])?;
     let plugin = PluginName::parse(plugin).map_err(|_| AppError::PluginNotFound(plugin.to_owned()))?;
     let ticker = Ticker::parse(ticker)?;
@@ -67,7 +75,10 @@ pub async fn get_data(
         )
             .into_response(),
         Format::Csv => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            )],
             answer.to_csv(),
         )
             .into_response(),
@@ -95,16 +106,47 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         assert_eq!(field(parse_request("synthetic", "A B", None, today())), "ticker");
-        assert_eq!(field(parse_request("synthetic", "AAPL", Some("start=2024-13-01"), today())), "start");
-        assert_eq!(field(parse_request("synthetic", "AAPL", Some("start=2024-01-01&end=x"), today())), "end");
-        assert_eq!(field(parse_request("synthetic", "AAPL", Some("refresh=maybe"), today())), "refresh");
-        assert_eq!(field(parse_request("synthetic", "AAPL", Some("colour=red"), today())), "colour");
-        assert_eq!(field(parse_request("synthetic", "AAPL", Some("start=2024-01-01&start=2024-01-02"), today())), "start");
+        assert_eq!(
+            field(parse_request("synthetic", "AAPL", Some("start=2024-13-01"), today())),
+            "start"
+        );
+        assert_eq!(
+            field(parse_request(
+                "synthetic",
+                "AAPL",
+                Some("start=2024-01-01&end=x"),
+                today()
+            )),
+            "end"
+        );
+        assert_eq!(
+            field(parse_request("synthetic", "AAPL", Some("refresh=maybe"), today())),
+            "refresh"
+        );
+        assert_eq!(
+            field(parse_request("synthetic", "AAPL", Some("colour=red"), today())),
+            "colour"
+        );
+        assert_eq!(
+            field(parse_request(
+                "synthetic",
+                "AAPL",
+                Some("start=2024-01-01&start=2024-01-02"),
+                today()
+            )),
+            "start"
+        );
     }
 
     #[test]
     fn a_good_request_is_normalised() {
-        let (r, _) = parse_request("synthetic", "aapl", Some("start=2024-01-01&end=2024-01-31&refresh=true"), today()).unwrap();
+        let (r, _) = parse_request(
+            "synthetic",
+            "aapl",
+            Some("start=2024-01-01&end=2024-01-31&refresh=true"),
+            today(),
+        )
+        .unwrap();
         assert_eq!(r.ticker.as_str(), "AAPL");
         assert!(r.refresh);
         assert_eq!(r.range.to_string(), "2024-01-01..2024-01-31");
@@ -112,6 +154,9 @@ mod tests {
 
     #[test]
     fn an_impossible_plugin_name_is_not_found() {
-        assert!(matches!(parse_request("Nope!", "AAPL", None, today()), Err(AppError::PluginNotFound(_))));
+        assert!(matches!(
+            parse_request("Nope!", "AAPL", None, today()),
+            Err(AppError::PluginNotFound(_))
+        ));
     }
 }

@@ -16,8 +16,10 @@ impl IntoResponse for AppError {
         }
         let mut resp = (status, Json(body)).into_response();
         if matches!(self, AppError::Unauthorized(_)) {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tickerd admin\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tickerd admin\""),
+            );
         }
         resp
     }

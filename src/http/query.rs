@@ -20,7 +20,10 @@ impl Query {
                 ));
             }
             if values.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(AppError::bad_request(k.to_string(), format!("{k} is given more than once")));
+                return Err(AppError::bad_request(
+                    k.to_string(),
+                    format!("{k} is given more than once"),
+                ));
             }
         }
         Ok(Self { values })
@@ -36,7 +39,10 @@ impl Query {
             None => Ok(false),
             Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
-            Some(other) => Err(AppError::bad_request(name, format!("{other:?} is not a boolean; use true or false"))),
+            Some(other) => Err(AppError::bad_request(
+                name,
+                format!("{other:?} is not a boolean; use true or false"),
+            )),
         }
     }
 }

@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -66,8 +65,7 @@ impl PluginMetrics {
 }
 
 const LOOKUP_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,11 +75,8 @@ fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounte
 }
 
 fn histogram(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        &["plugin"],
-    )
-    .expect("metric definition is static");
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["plugin"])
+        .expect("metric definition is static");
     reg.register(Box::new(h.clone())).expect("metric names are unique");
     h
 }
@@ -96,21 +91,85 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let r = Registry::new();
         Arc::new(Self {
-            cache_hits: counter(&r, "cache_hits_total", "Requests answered from a cache layer", &["plugin", "cache_type"]),
-            cache_misses: counter(&r, "cache_misses_total", "Requests that found no fresh cache entry", &["plugin"]),
-            cache_errors: counter(&r, "cache_errors_total", "Cache reads or writes that failed or found a corrupt value", &["plugin"]),
-            lookup_duration: histogram(&r, "cache_lookup_duration_seconds", "Whole request through the cache, in seconds", LOOKUP_BUCKETS),
+            cache_hits: counter(
+                &r,
+                "cache_hits_total",
+                "Requests answered from a cache layer",
+                &["plugin", "cache_type"],
+            ),
+            cache_misses: counter(
+                &r,
+                "cache_misses_total",
+                "Requests that found no fresh cache entry",
+                &["plugin"],
+            ),
+            cache_errors: counter(
+                &r,
+                "cache_errors_total",
+                "Cache reads or writes that failed or found a corrupt value",
+                &["plugin"],
+            ),
+            lookup_duration: histogram(
+                &r,
+                "cache_lookup_duration_seconds",
+                "Whole request through the cache, in seconds",
+                LOOKUP_BUCKETS,
+            ),
             requests: counter(&r, "stock_requests_total", "Data requests", &["plugin"]),
-            requests_success: counter(&r, "stock_requests_success_total", "Data requests answered with data", &["plugin"]),
-            requests_failure: counter(&r, "stock_requests_failure_total", "Data requests that failed, by reason (error code)", &["plugin", "reason"]),
-            fetch_duration: histogram(&r, "plugin_fetch_duration_seconds", "Plugin fetch calls, in seconds", LOOKUP_BUCKETS),
-            reloads: counter(&r, "plugin_reloads_total", "Plugin loads and reloads by result (ok, error, unloaded)", &["plugin", "result"]),
-            stale_served: counter(&r, "cache_stale_served_total", "Expired entries served because the fetch failed", &["plugin"]),
-            coalesced: counter(&r, "fetch_coalesced_total", "Requests that waited for another request's fetch of the same key", &["plugin"]),
-            stream_published: counter(&r, "stream_published_total", "Records the producer added to a Redis stream", &["stream"]),
-            stream_errors: counter(&r, "stream_publish_errors_total", "Records the producer could not publish", &["stream"]),
+            requests_success: counter(
+                &r,
+                "stock_requests_success_total",
+                "Data requests answered with data",
+                &["plugin"],
+            ),
+            requests_failure: counter(
+                &r,
+                "stock_requests_failure_total",
+                "Data requests that failed, by reason (error code)",
+                &["plugin", "reason"],
+            ),
+            fetch_duration: histogram(
+                &r,
+                "plugin_fetch_duration_seconds",
+                "Plugin fetch calls, in seconds",
+                LOOKUP_BUCKETS,
+            ),
+            reloads: counter(
+                &r,
+                "plugin_reloads_total",
+                "Plugin loads and reloads by result (ok, error, unloaded)",
+                &["plugin", "result"],
+            ),
+            stale_served: counter(
+                &r,
+                "cache_stale_served_total",
+                "Expired entries served because the fetch failed",
+                &["plugin"],
+            ),
+            coalesced: counter(
+                &r,
+                "fetch_coalesced_total",
+                "Requests that waited for another request's fetch of the same key",
+                &["plugin"],
+            ),
+            stream_published: counter(
+                &r,
+                "stream_published_total",
+                "Records the producer added to a Redis stream",
+                &["stream"],
+            ),
+            stream_errors: counter(
+                &r,
+                "stream_publish_errors_total",
+                "Records the producer could not publish",
+                &["stream"],
+            ),
             plugins_loaded: gauge(&r, "plugins_loaded", "Plugins currently loaded and serving"),
-            redis_up: gauge(&r, "redis_up", "1 while Redis answers, 0 while the memory layer stands in"),
+            redis_up: gauge(
+                &r,
+                "redis_up",
+                "1 while Redis answers, 0 while the memory layer stands in",
+            ),
             registry: r,
             per_plugin: RwLock::new(HashMap::new()),
         })

@@ -17,9 +17,8 @@ pub fn parse_date(field: &'static str, raw: &str) -> Result<NaiveDate, InvalidFi
             format!("{raw:?} is not a date; use YYYY-MM-DD"),
         ));
     }
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| {
-        InvalidField::new(field, format!("{raw:?} is not a calendar date (YYYY-MM-DD)"))
-    })
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|_| InvalidField::new(field, format!("{raw:?} is not a calendar date (YYYY-MM-DD)")))
 }
 
 /// An inclusive range of trading dates with `start <= end`.
@@ -32,10 +31,7 @@ pub struct DateRange {
 impl DateRange {
     pub fn new(start: NaiveDate, end: NaiveDate) -> Result<Self, InvalidField> {
         if start > end {
-            return Err(InvalidField::new(
-                "start",
-                format!("start {start} is after end {end}"),
-            ));
+            return Err(InvalidField::new("start", format!("start {start} is after end {end}")));
         }
         Ok(Self { start, end })
     }
@@ -43,11 +39,7 @@ impl DateRange {
     /// Applies the SPEC's request rules: both missing means yesterday..yesterday,
     /// a missing `end` means today, and `end` alone is refused because a range
     /// with an implied start would silently cover an unknown span.
-    pub fn from_request(
-        start: Option<&str>,
-        end: Option<&str>,
-        today: NaiveDate,
-    ) -> Result<Self, InvalidField> {
+    pub fn from_request(start: Option<&str>, end: Option<&str>, today: NaiveDate) -> Result<Self, InvalidField> {
         match (start, end) {
             (None, None) => {
                 let yesterday = today.checked_sub_days(Days::new(1)).unwrap_or(today);

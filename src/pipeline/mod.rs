@@ -137,7 +137,13 @@ impl Pipeline {
     }
 
     /// stale-if-error: an expired copy within the window stands in for a failed fetch.
-    async fn stale_or(&self, err: AppError, req: &DataRequest, key: &CacheKey, pm: &PluginMetrics) -> Result<Answer, AppError> {
+    async fn stale_or(
+        &self,
+        err: AppError,
+        req: &DataRequest,
+        key: &CacheKey,
+        pm: &PluginMetrics,
+    ) -> Result<Answer, AppError> {
         let window = self.cache.settings().stale_if_error;
         if window.is_zero() {
             return Err(err);
@@ -165,7 +171,13 @@ impl Pipeline {
         })
     }
 
-    async fn fetch_and_store(&self, req: &DataRequest, key: &CacheKey, plugin: &Arc<Plugin>, pm: &PluginMetrics) -> FlightResult {
+    async fn fetch_and_store(
+        &self,
+        req: &DataRequest,
+        key: &CacheKey,
+        plugin: &Arc<Plugin>,
+        pm: &PluginMetrics,
+    ) -> FlightResult {
         let settings = plugin.settings();
         let args = FetchArgs {
             ticker: req.ticker.to_string(),
@@ -213,10 +225,22 @@ impl Pipeline {
         Ok((env, layer))
     }
 
-    async fn remember_no_data(&self, key: &CacheKey, plugin: &str, ticker: &str, message: String, pm: &PluginMetrics) -> AppError {
+    async fn remember_no_data(
+        &self,
+        key: &CacheKey,
+        plugin: &str,
+        ticker: &str,
+        message: String,
+        pm: &PluginMetrics,
+    ) -> AppError {
         let ttl = self.cache.settings().negative_ttl;
         if !ttl.is_zero() {
-            let env = Envelope::new(Payload::NoData { message: message.clone() }, ttl);
+            let env = Envelope::new(
+                Payload::NoData {
+                    message: message.clone(),
+                },
+                ttl,
+            );
             self.cache.write(key, plugin, ticker, env, pm).await;
         }
         AppError::NoData(message)

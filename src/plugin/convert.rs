@@ -28,9 +28,7 @@ pub fn lua_to_json(lua: &Lua, v: &Value, path: &str, depth: usize) -> Result<Jso
             if n.fract() == 0.0 && n.abs() < 9.0e15 {
                 Json::Number((*n as i64).into())
             } else {
-                Json::Number(
-                    Number::from_f64(*n).ok_or_else(|| format!("{path}: {n} is not a finite number"))?,
-                )
+                Json::Number(Number::from_f64(*n).ok_or_else(|| format!("{path}: {n} is not a finite number"))?)
             }
         }
         Value::String(s) => Json::String(
@@ -98,7 +96,9 @@ fn table_to_json(lua: &Lua, t: &Table, path: &str, depth: usize) -> Result<Json,
 
 pub fn json_to_lua(lua: &Lua, v: &Json, depth: usize) -> mlua::Result<Value> {
     if depth > MAX_DEPTH {
-        return Err(mlua::Error::runtime(format!("JSON nested deeper than {MAX_DEPTH} levels")));
+        return Err(mlua::Error::runtime(format!(
+            "JSON nested deeper than {MAX_DEPTH} levels"
+        )));
     }
     Ok(match v {
         Json::Null => Value::NULL,

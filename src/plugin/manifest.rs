@@ -106,7 +106,10 @@ impl Manifest {
                 other => {
                     return Err(problem(
                         "",
-                        format!("the plugin table has a {} key; only named keys are allowed", other.type_name()),
+                        format!(
+                            "the plugin table has a {} key; only named keys are allowed",
+                            other.type_name()
+                        ),
                     ));
                 }
             }
@@ -114,10 +117,16 @@ impl Manifest {
         match t.raw_get::<Value>("fetch") {
             Ok(Value::Function(_)) => {}
             Ok(Value::Nil) => {
-                return Err(problem("fetch", "the plugin table has no fetch function; add fetch = function(req) ... end"));
+                return Err(problem(
+                    "fetch",
+                    "the plugin table has no fetch function; add fetch = function(req) ... end",
+                ));
             }
             Ok(other) => {
-                return Err(problem("fetch", format!("fetch must be a function, got {}", other.type_name())));
+                return Err(problem(
+                    "fetch",
+                    format!("fetch must be a function, got {}", other.type_name()),
+                ));
             }
             Err(e) => return Err(problem("fetch", e.to_string())),
         }
@@ -138,7 +147,10 @@ impl Manifest {
             Ok(Value::Nil) => None,
             Ok(Value::Integer(i)) if i >= 1 => Some(i as usize),
             _ => {
-                return Err(problem("max_concurrency", "max_concurrency must be a whole number >= 1"));
+                return Err(problem(
+                    "max_concurrency",
+                    "max_concurrency must be a whole number >= 1",
+                ));
             }
         };
         let env = names(t, "env")?.unwrap_or_default();

@@ -154,7 +154,12 @@ impl Plugin {
         let limit = humantime::format_duration(s.timeout);
         let _permit = match tokio::time::timeout(s.timeout, Arc::clone(&self.permits).acquire_owned()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(AppError::PluginUnavailable(format!("plugin {} is shutting down", self.name))),
+            Ok(Err(_)) => {
+                return Err(AppError::PluginUnavailable(format!(
+                    "plugin {} is shutting down",
+                    self.name
+                )));
+            }
             Err(_) => {
                 return Err(AppError::PluginTimeout(format!(
                     "plugin {}: max_concurrency ({}) fetches were already running for the whole timeout of {limit}",
@@ -213,7 +218,11 @@ impl Plugin {
 /// Compiles and checks one plugin file in this thread, for `tickerd check`
 /// and for the hot reloader's "check before swap".
 pub fn check_source(name: &str, file: &str, source: &str) -> Result<Manifest, LoadProblem> {
-    let settings = Settings::effective(&Manifest::default(), &PluginOverrides::default(), Duration::from_secs(86400));
+    let settings = Settings::effective(
+        &Manifest::default(),
+        &PluginOverrides::default(),
+        Duration::from_secs(86400),
+    );
     let ctx = HostCtx {
         plugin: name.to_owned(),
         settings: Arc::new(ArcSwap::from_pointee(settings.clone())),

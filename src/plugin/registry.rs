@@ -216,7 +216,9 @@ fn list_plugin_files(dir: &Path) -> std::io::Result<Vec<Listed>> {
         let path = entry.path();
         let fname = entry.file_name();
         let Some(fname) = fname.to_str() else { continue };
-        let Some(stem) = fname.strip_suffix(".lua") else { continue };
+        let Some(stem) = fname.strip_suffix(".lua") else {
+            continue;
+        };
         if fname.starts_with('.') {
             continue;
         }

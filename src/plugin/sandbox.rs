@@ -28,7 +28,9 @@ thread_local! {
 const HOOK_EVERY: u32 = 1000;
 
 fn deadline_passed() -> Option<Duration> {
-    DEADLINE.with(|d| d.get()).and_then(|(at, limit)| (Instant::now() >= at).then_some(limit))
+    DEADLINE
+        .with(|d| d.get())
+        .and_then(|(at, limit)| (Instant::now() >= at).then_some(limit))
 }
 
 /// Runs `f` with the deadline set for the Lua code it executes.
@@ -96,22 +98,29 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
     let g = lua.globals();
 
     // Base library: keep the pure functions, drop the loaders and GC control.
-    for name in ["dofile", "loadfile", "require", "module", "package", "debug", "io", "loadstring"] {
+    for name in [
+        "dofile",
+        "loadfile",
+        "require",
+        "module",
+        "package",
+        "debug",
+        "io",
+        "loadstring",
+    ] {
         g.raw_set(name, Value::Nil)?;
     }
     let raw_collect: mlua::Function = g.raw_get("collectgarbage")?;
     g.raw_set(
         "collectgarbage",
-        lua.create_function(move |_, (opt, arg): (Option<String>, Value)| {
-            match opt.as_deref() {
-                Some("count") => raw_collect.call::<mlua::MultiValue>(("count", arg)),
-                Some(other) => Err(mlua::Error::runtime(format!(
-                    "collectgarbage({other:?}) is not available to plugins; only \"count\" is"
-                ))),
-                None => Err(mlua::Error::runtime(
-                    "collectgarbage() is not available to plugins; only collectgarbage(\"count\") is",
-                )),
-            }
+        lua.create_function(move |_, (opt, arg): (Option<String>, Value)| match opt.as_deref() {
+            Some("count") => raw_collect.call::<mlua::MultiValue>(("count", arg)),
+            Some(other) => Err(mlua::Error::runtime(format!(
+                "collectgarbage({other:?}) is not available to plugins; only \"count\" is"
+            ))),
+            None => Err(mlua::Error::runtime(
+                "collectgarbage() is not available to plugins; only collectgarbage(\"count\") is",
+            )),
         })?,
     )?;
 
@@ -138,21 +147,24 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
         .call::<()>((
             g.raw_get::<Value>("pcall")?,
             g.raw_get::<Value>("xpcall")?,
-            lua.globals().raw_get::<mlua::Table>("coroutine")?.raw_get::<Value>("resume")?,
+            lua.globals()
+                .raw_get::<mlua::Table>("coroutine")?
+                .raw_get::<Value>("resume")?,
             g.raw_get::<Value>("load")?,
             passed,
             log_info,
         ))?;
 
-    lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), |_, _| {
-        match deadline_passed() {
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        |_, _| match deadline_passed() {
             Some(limit) => Err(mlua::Error::external(HostError::Timeout(format!(
                 "timeout of {} reached while running Lua code",
                 humantime::format_duration(limit)
             )))),
             None => Ok(VmState::Continue),
-        }
-    })?;
+        },
+    )?;
     lua.set_memory_limit(memory_limit)?;
     Ok(lua)
 }

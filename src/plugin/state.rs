@@ -74,8 +74,8 @@ impl PluginState {
             .set_mode(mlua::chunk::ChunkMode::Text)
             .into_function()
             .map_err(from_lua)?;
-        let value: Value = with_deadline(Instant::now() + LOAD_TIMEOUT, LOAD_TIMEOUT, || chunk.call(()))
-            .map_err(from_lua)?;
+        let value: Value =
+            with_deadline(Instant::now() + LOAD_TIMEOUT, LOAD_TIMEOUT, || chunk.call(())).map_err(from_lua)?;
         let Value::Table(t) = value else {
             let line = source.lines().count().max(1);
             return Err(at(
@@ -186,9 +186,7 @@ fn first_line(s: &str) -> String {
 
 fn lua_location(e: &mlua::Error) -> Option<String> {
     match e {
-        mlua::Error::CallbackError { traceback, cause } => {
-            first_lua_frame(traceback).or_else(|| lua_location(cause))
-        }
+        mlua::Error::CallbackError { traceback, cause } => first_lua_frame(traceback).or_else(|| lua_location(cause)),
         mlua::Error::WithContext { cause, .. } => lua_location(cause),
         _ => None,
     }

@@ -135,7 +135,11 @@ impl Worker {
 
     /// Hands a fetch to the thread. The returned receiver yields the result,
     /// or is closed if the thread is gone.
-    pub fn submit(&self, args: FetchArgs, timeout: Duration) -> (oneshot::Receiver<Result<RawOutput, AppError>>, InflightGuard) {
+    pub fn submit(
+        &self,
+        args: FetchArgs,
+        timeout: Duration,
+    ) -> (oneshot::Receiver<Result<RawOutput, AppError>>, InflightGuard) {
         let (reply, rx) = oneshot::channel();
         self.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightGuard(Arc::clone(&self.inflight));

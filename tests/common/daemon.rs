@@ -137,7 +137,10 @@ impl DaemonBuilder {
             child: Some(child),
             _plugins: self.plugins,
             _config: config,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
             log,
         };
         let url = format!("{}/readyz", d.base);
@@ -186,7 +189,9 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit and returns its exit code.

@@ -4,8 +4,8 @@
 
 #![allow(dead_code)]
 
-pub mod redis_server;
 pub mod daemon;
+pub mod redis_server;
 
 pub use daemon::{Daemon, DaemonBuilder};
 pub use redis_server::RedisServer;

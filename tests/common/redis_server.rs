@@ -27,7 +27,9 @@ impl RedisServer {
     pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let port = free_port();
-        let child = Self::command(port, dir.path(), args).spawn().expect("redis-server on PATH");
+        let child = Self::command(port, dir.path(), args)
+            .spawn()
+            .expect("redis-server on PATH");
         let s = Self {
             port,
             child: Some(child),
@@ -39,12 +41,21 @@ impl RedisServer {
 
     fn command(port: u16, dir: &std::path::Path, extra: &[&str]) -> Command {
         let mut c = Command::new("redis-server");
-        c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        c.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         c
     }
 

@@ -18,9 +18,9 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     t.raw_set(
         "no_data",
         lua.create_function(|_, msg: Option<String>| -> mlua::Result<()> {
-            Err(mlua::Error::external(HostError::NoData(
-                msg.unwrap_or_else(|| "the data source has no data for this request".into()),
-            )))
+            Err(mlua::Error::external(HostError::NoData(msg.unwrap_or_else(|| {
+                "the data source has no data for this request".into()
+            }))))
         })?,
     )?;
     lua.globals().raw_set("errors", t)

@@ -1,9 +1,474 @@
-//! `http.get/post/request`. (Filled in by the plugin-runtime work.)
+//! `http.get(url, opts)`, `http.post(url, opts)`, `http.request(opts)`.
+//!
+//! Each call is an async host function: the Lua coroutine that made it is
+//! suspended while the request is in flight, so a waiting plugin blocks no
+//! thread. Options are read into plain Rust values before the first await.
+//!
+//! The answer is `{status = int, headers = {lowercased name = value}, body = string}`;
+//! any status is an answer (the plugin decides what a 404 means). What is
+//! raised instead:
+//! - `HostError::Upstream`: no answer (connection refused, DNS, TLS, reset) or
+//!   no complete answer within the call's timeout;
+//! - `HostError::Limit`: the body is larger than `max_body`, or the host is
+//!   not in `allow_hosts`;
+//! - a plain runtime error (`plugin_error`) for a bad URL or bad options.
+//!
+//! Messages name the method, scheme, host and path of the URL, never its
+//! query string or user info, where API keys usually live.
 
-use mlua::Lua;
+use std::time::Duration;
 
-use super::HostCtx;
+use mlua::{Lua, Table, Value};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
 
-pub fn install(_lua: &Lua, _ctx: &HostCtx) -> mlua::Result<()> {
-    Ok(())
+use super::{HostCtx, HostError};
+use crate::config::parse_duration;
+use crate::plugin::convert::lua_to_json;
+
+const MIB: usize = 1024 * 1024;
+
+const OPTION_KEYS: &[&str] = &["method", "url", "headers", "query", "body", "timeout"];
+
+/// One request, read out of the Lua arguments.
+struct Call {
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+/// A received answer, ready to become a Lua table.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+pub fn install(lua: &Lua, ctx: &HostCtx) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    for (name, fixed) in [
+        ("get", Some(Method::GET)),
+        ("post", Some(Method::POST)),
+        ("request", None),
+    ] {
+        let ctx = ctx.clone();
+        let f = lua.create_async_function(move |lua, (first, opts): (Value, Option<Table>)| {
+            let ctx = ctx.clone();
+            let call = read_call(&lua, &ctx, name, fixed.clone(), first, opts);
+            async move {
+                let call = call?;
+                let answer = perform(&ctx, call).await.map_err(mlua::Error::external)?;
+                to_lua(&lua, answer)
+            }
+        })?;
+        t.raw_set(name, f)?;
+    }
+    lua.globals().raw_set("http", t)
+}
+
+fn bad(func: &str, msg: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("http.{func}: {msg}"))
+}
+
+/// `scheme://host[:port]/path`: the URL without user info, query or fragment.
+pub fn redact(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(p) => format!("{}://{host}:{p}{}", url.scheme(), url.path()),
+        None => format!("{}://{host}{}", url.scheme(), url.path()),
+    }
+}
+
+/// Whether `host` (with its effective `port`) matches one `allow_hosts`
+/// entry: `example.com`, `example.com:8443`, or `*.example.com` (subdomains).
+fn host_allowed(allow: &[String], host: &str, port: Option<u16>) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    allow.iter().any(|entry| {
+        let e = entry.trim().to_ascii_lowercase();
+        if let Some(suffix) = e.strip_prefix("*.") {
+            return host.ends_with(&format!(".{suffix}"));
+        }
+        if e == host {
+            return true;
+        }
+        match (e.rsplit_once(':'), port) {
+            (Some((h, p)), Some(port)) => {
+                h.trim_start_matches('[').trim_end_matches(']') == host && p.parse::<u16>().ok() == Some(port)
+            }
+            _ => false,
+        }
+    })
+}
+
+fn check_allowed(ctx: &HostCtx, url: &Url) -> Result<(), HostError> {
+    let settings = ctx.settings.load();
+    let Some(allow) = settings.allow_hosts.as_deref() else {
+        return Ok(());
+    };
+    let host = url.host_str().unwrap_or("");
+    if host_allowed(allow, host, url.port_or_known_default()) {
+        return Ok(());
+    }
+    Err(HostError::Limit(format!(
+        "http: host {host:?} is not in this plugin's allow_hosts ({}); to allow it, add {host:?} to allow_hosts under [plugins.{}] in the config (or to the plugin's own allow_hosts list)",
+        if allow.is_empty() {
+            "empty".to_owned()
+        } else {
+            allow.join(", ")
+        },
+        ctx.plugin
+    )))
+}
+
+fn text_of(func: &str, what: &str, v: Value) -> mlua::Result<String> {
+    match v {
+        Value::String(s) => Ok(s
+            .to_str()
+            .map_err(|_| bad(func, format!("{what} is not valid UTF-8")))?
+            .to_string()),
+        Value::Integer(i) => Ok(i.to_string()),
+        Value::Number(n) => Ok(if n.fract() == 0.0 && n.abs() < 9.0e15 {
+            (n as i64).to_string()
+        } else {
+            n.to_string()
+        }),
+        Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(bad(
+            func,
+            format!("{what} must be a string or a number, got {}", other.type_name()),
+        )),
+    }
+}
+
+fn read_timeout(func: &str, v: Value) -> mlua::Result<Option<Duration>> {
+    let d = match v {
+        Value::Nil => return Ok(None),
+        Value::Integer(i) if i > 0 => Duration::from_secs(i as u64),
+        Value::Number(n) if n > 0.0 && n.is_finite() => {
+            Duration::try_from_secs_f64(n).map_err(|_| bad(func, format!("timeout {n} is out of range")))?
+        }
+        Value::String(s) => {
+            let s = s.to_string_lossy();
+            parse_duration(&s).map_err(|m| bad(func, format!("timeout: {m}")))?
+        }
+        other => {
+            return Err(bad(
+                func,
+                format!(
+                    "timeout must be a duration such as \"5s\" or a positive number of seconds, got {}",
+                    other.type_name()
+                ),
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(bad(func, "timeout must be more than 0"));
+    }
+    Ok(Some(d))
+}
+
+fn read_call(
+    lua: &Lua,
+    ctx: &HostCtx,
+    func: &str,
+    fixed: Option<Method>,
+    first: Value,
+    opts: Option<Table>,
+) -> mlua::Result<Call> {
+    // http.get(url, opts) / http.post(url, opts) / http.request(opts) or http.request(url, opts)
+    let (url_arg, opts) = match (first, opts) {
+        (Value::Table(t), None) if fixed.is_none() => (None, Some(t)),
+        (Value::String(s), o) => (Some(s.to_string_lossy()), o),
+        (other, _) => {
+            let usage = if fixed.is_some() {
+                format!("http.{func}(url, opts)")
+            } else {
+                "http.request({ url = ..., method = ... })".to_owned()
+            };
+            return Err(bad(
+                func,
+                format!("expected {usage}, got a {} first", other.type_name()),
+            ));
+        }
+    };
+    let opts = match opts {
+        Some(t) => t,
+        None => lua.create_table()?,
+    };
+    for pair in opts.pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        let known = matches!(&k, Value::String(s) if OPTION_KEYS.contains(&&*s.to_string_lossy()));
+        if !known {
+            return Err(bad(
+                func,
+                format!(
+                    "unknown option {}; options are {}",
+                    k.to_string()?,
+                    OPTION_KEYS.join(", ")
+                ),
+            ));
+        }
+    }
+
+    let method = match (fixed, opts.raw_get::<Value>("method")?) {
+        (Some(m), Value::Nil) => m,
+        (Some(m), v) => {
+            let asked = text_of(func, "method", v)?.to_ascii_uppercase();
+            if asked != m.as_str() {
+                return Err(bad(
+                    func,
+                    format!("method {asked} does not match http.{func}; use http.request"),
+                ));
+            }
+            m
+        }
+        (None, Value::Nil) => Method::GET,
+        (None, v) => {
+            let m = text_of(func, "method", v)?.to_ascii_uppercase();
+            Method::from_bytes(m.as_bytes()).map_err(|_| bad(func, format!("{m:?} is not an HTTP method")))?
+        }
+    };
+
+    let raw_url = match (url_arg, opts.raw_get::<Value>("url")?) {
+        (Some(u), Value::Nil) => u,
+        (None, Value::Nil) => return Err(bad(func, "no url given")),
+        (None, v) => text_of(func, "url", v)?,
+        (Some(_), _) => return Err(bad(func, "url given twice (argument and option)")),
+    };
+    let mut url = Url::parse(&raw_url).map_err(|e| {
+        // The raw URL may carry a key in its query: show only what comes before.
+        let shown = raw_url.split(['?', '#']).next().unwrap_or("");
+        bad(func, format!("invalid url {shown:?}: {e}"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(
+            func,
+            format!("only http and https URLs are allowed, not {}:", url.scheme()),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(func, format!("url {} has no host", redact(&url))));
+    }
+    url.set_fragment(None);
+
+    match opts.raw_get::<Value>("query")? {
+        Value::Nil => {}
+        Value::Table(q) => {
+            let mut pairs = Vec::new();
+            for pair in q.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                let k = text_of(func, "a query key", k)?;
+                let v = text_of(func, &format!("query.{k}"), v)?;
+                pairs.push((k, v));
+            }
+            if !pairs.is_empty() {
+                pairs.sort();
+                let mut qp = url.query_pairs_mut();
+                for (k, v) in &pairs {
+                    qp.append_pair(k, v);
+                }
+            }
+        }
+        other => return Err(bad(func, format!("query must be a table, got {}", other.type_name()))),
+    }
+
+    let mut headers = HeaderMap::new();
+    match opts.raw_get::<Value>("headers")? {
+        Value::Nil => {}
+        Value::Table(h) => {
+            for pair in h.pairs::<Value, Value>() {
+                let (k, v) = pair?;
+                let k = text_of(func, "a header name", k)?;
+                let v = text_of(func, &format!("header {k}"), v)?;
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| bad(func, format!("{k:?} is not a valid header name")))?;
+                let value = HeaderValue::from_str(&v)
+                    .map_err(|_| bad(func, format!("the value of header {k} is not a valid header value")))?;
+                headers.insert(name, value);
+            }
+        }
+        other => return Err(bad(func, format!("headers must be a table, got {}", other.type_name()))),
+    }
+
+    let body = match opts.raw_get::<Value>("body")? {
+        Value::Nil => None,
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        v @ Value::Table(_) => {
+            let json = lua_to_json(lua, &v, "body", 0).map_err(|m| bad(func, m))?;
+            if !headers.contains_key(CONTENT_TYPE) {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            Some(serde_json::to_vec(&json).map_err(|e| bad(func, e))?)
+        }
+        other => {
+            return Err(bad(
+                func,
+                format!(
+                    "body must be a string or a table (sent as JSON), got {}",
+                    other.type_name()
+                ),
+            ));
+        }
+    };
+
+    let own = ctx.settings.load().timeout;
+    let timeout = read_timeout(func, opts.raw_get("timeout")?)?.map_or(own, |t| t.min(own));
+    Ok(Call {
+        method,
+        url,
+        headers,
+        body,
+        timeout,
+    })
+}
+
+/// What went wrong, from a reqwest error and its causes, without the URL.
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "could not connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_redirect() {
+        "redirect failed"
+    } else if e.is_body() || e.is_decode() {
+        "failed while reading the body"
+    } else {
+        "request failed"
+    };
+    let e = e.without_url();
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cause = c.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    format!("{kind} ({})", parts.join(": "))
+}
+
+fn mib(bytes: usize) -> String {
+    if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{:.2} MiB", bytes as f64 / MIB as f64)
+    }
+}
+
+async fn perform(ctx: &HostCtx, call: Call) -> Result<Answer, HostError> {
+    check_allowed(ctx, &call.url)?;
+    let max_body = ctx.settings.load().max_body;
+    let target = format!("{} {}", call.method, redact(&call.url));
+    let timeout = call.timeout;
+    let limit_msg = |what: &str| {
+        HostError::Limit(format!(
+            "http: the response body of {target} {what} the limit of {} (raise it with max_body under [plugins.{}])",
+            mib(max_body),
+            ctx.plugin
+        ))
+    };
+    let exchange = async {
+        let mut req = ctx
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .headers(call.headers);
+        if let Some(b) = call.body {
+            req = req.body(b);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| HostError::Upstream(format!("{target}: {}", describe(e))))?;
+        // A redirect may have led elsewhere: the answer must come from an allowed host too.
+        if resp.url() != &call.url {
+            check_allowed(ctx, resp.url())?;
+        }
+        if resp.content_length().is_some_and(|n| n > max_body as u64) {
+            return Err(limit_msg("announces more than"));
+        }
+        let status = resp.status().as_u16();
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        for (name, value) in resp.headers() {
+            let name = name.as_str().to_ascii_lowercase();
+            match headers.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => {
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(value.as_bytes());
+                }
+                None => headers.push((name, value.as_bytes().to_vec())),
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| HostError::Upstream(format!("{target}: {}", describe(e))))?
+        {
+            if body.len() + chunk.len() > max_body {
+                return Err(limit_msg("exceeds"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer { status, headers, body })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(HostError::Upstream(format!(
+            "{target}: no complete answer within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
+
+fn to_lua(lua: &Lua, a: Answer) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, 3)?;
+    t.raw_set("status", a.status)?;
+    let h = lua.create_table_with_capacity(0, a.headers.len())?;
+    for (k, v) in a.headers {
+        h.raw_set(k, lua.create_string(&v)?)?;
+    }
+    t.raw_set("headers", h)?;
+    t.raw_set("body", lua.create_string(&a.body)?)?;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_query_and_user_info() {
+        let u = Url::parse("https://user:pw@api.example.com:8443/q/x?apikey=SECRET#frag").unwrap();
+        assert_eq!(redact(&u), "https://api.example.com:8443/q/x");
+        let u = Url::parse("http://example.com/?k=SECRET").unwrap();
+        assert_eq!(redact(&u), "http://example.com/");
+    }
+
+    #[test]
+    fn matches_allow_list_entries() {
+        let allow = vec![
+            "query1.finance.yahoo.com".to_owned(),
+            "*.stooq.com".to_owned(),
+            "127.0.0.1:9000".to_owned(),
+        ];
+        assert!(host_allowed(&allow, "Query1.Finance.Yahoo.com", Some(443)));
+        assert!(host_allowed(&allow, "www.stooq.com", Some(443)));
+        assert!(!host_allowed(&allow, "stooq.com.evil.net", Some(443)));
+        assert!(!host_allowed(&allow, "query2.finance.yahoo.com", Some(443)));
+        assert!(host_allowed(&allow, "127.0.0.1", Some(9000)));
+        assert!(!host_allowed(&allow, "127.0.0.1", Some(9001)));
+        assert!(!host_allowed(&[], "example.com", Some(80)));
+    }
+
+    #[test]
+    fn sizes_in_mib() {
+        assert_eq!(mib(16 * MIB), "16 MiB");
+        assert_eq!(mib(MIB / 2), "0.50 MiB");
+    }
 }

@@ -52,7 +52,11 @@ pub fn http_client() -> reqwest::Client {
         .get_or_init(|| {
             let _ = rustls::crypto::ring::default_provider().install_default();
             reqwest::Client::builder()
-                .user_agent(concat!("tickerd/", env!("CARGO_PKG_VERSION"), " (+https://github.com/tickerd/tickerd)"))
+                .user_agent(concat!(
+                    "tickerd/",
+                    env!("CARGO_PKG_VERSION"),
+                    " (+https://github.com/tickerd/tickerd)"
+                ))
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .pool_idle_timeout(std::time::Duration::from_secs(60))
                 .redirect(reqwest::redirect::Policy::limited(5))

@@ -1,0 +1,517 @@
+//! The core pipeline end to end: the real binary, a real redis-server, real HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DaemonBuilder, RedisServer, metric, wait_for};
+use serde_json::Value;
+
+const JAN: &str = "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-31";
+
+async fn data(d: &common::Daemon, path: &str) -> (u16, String, Value) {
+    let r = d.get(path).await;
+    let status = r.status().as_u16();
+    let x = r
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, x, body)
+}
+
+fn redis_keys(r: &RedisServer, pattern: &str) -> Vec<String> {
+    let mut c = r.conn();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
+    keys.sort();
+    keys
+}
+
+fn prefix_of(r: &RedisServer) -> String {
+    // The harness gives each daemon a unique prefix; find it from the index set.
+    let keys = redis_keys(r, "*:index:plugins");
+    keys.first()
+        .and_then(|k| k.strip_suffix(":index:plugins"))
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn miss_then_hit_from_redis_with_ttl_set_and_metrics_moving() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+
+    let (s, x, body) = data(&d, JAN).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(x, "MISS");
+    assert_eq!(body["cache"]["status"], "miss");
+    assert_eq!(body["cache"]["layer"], "redis");
+    assert_eq!(body["plugin"], "synthetic");
+    assert_eq!(body["ticker"], "AAPL");
+    let bars = body["bars"].as_array().unwrap();
+    assert_eq!(bars.len(), 23, "January 2024 has 23 business days");
+    for b in bars {
+        let (o, h, l, c) = (
+            b["open"].as_f64().unwrap(),
+            b["high"].as_f64().unwrap(),
+            b["low"].as_f64().unwrap(),
+            b["close"].as_f64().unwrap(),
+        );
+        assert!(l <= o && o <= h && l <= c && c <= h, "{b}");
+        assert!(b["volume"].as_u64().unwrap() > 0);
+    }
+
+    // The entry is in Redis under the SPEC's key layout, with the plugin's TTL.
+    let prefix = prefix_of(&redis);
+    let key = format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31");
+    let mut c = redis.conn();
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
+    assert!(ttl > 86_000 && ttl <= 86_400, "TTL of {key} is {ttl}");
+
+    let before = d.metrics().await;
+    let (s, x, body2) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "HIT"));
+    assert_eq!(body2["cache"]["status"], "hit");
+    assert_eq!(body2["cache"]["layer"], "redis");
+    assert_eq!(body2["bars"], body["bars"], "a hit serves the same bars");
+    assert!(body2["cache"]["ttl_s"].as_u64().unwrap() <= 86_400);
+    let after = d.metrics().await;
+    let hits = |t: &str| {
+        metric(
+            t,
+            "cache_hits_total",
+            &[("plugin", "synthetic"), ("cache_type", "redis")],
+        )
+    };
+    assert_eq!(hits(&after) - hits(&before), 1.0);
+    assert_eq!(metric(&after, "cache_misses_total", &[("plugin", "synthetic")]), 1.0);
+    assert_eq!(metric(&after, "stock_requests_total", &[("plugin", "synthetic")]), 2.0);
+    assert_eq!(
+        metric(&after, "stock_requests_success_total", &[("plugin", "synthetic")]),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "plugin_fetch_duration_seconds_count",
+            &[("plugin", "synthetic")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "cache_lookup_duration_seconds_count",
+            &[("plugin", "synthetic")]
+        ),
+        2.0
+    );
+    assert_eq!(metric(&after, "redis_up", &[]), 1.0);
+    assert_eq!(metric(&after, "plugins_loaded", &[]), 1.0);
+
+    let (s, stats) = d.get_json("/v1/stats").await;
+    assert_eq!(s, 200);
+    assert_eq!(stats["hits"]["redis"], 1);
+    assert_eq!(stats["misses"], 1);
+    assert_eq!(stats["hit_rate"], 0.5);
+    assert_eq!(stats["redis"], "up");
+}
+
+#[tokio::test]
+async fn csv_by_query_and_by_accept_header() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    let r = d.get(&format!("{JAN}&format=csv")).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let text = r.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "date,open,high,low,close,volume");
+    assert_eq!(lines.len(), 24);
+    assert!(lines[1].starts_with("2024-01-01,"));
+
+    let r = d
+        .http
+        .get(d.url(JAN))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.text().await.unwrap(), text);
+}
+
+#[tokio::test]
+async fn each_bad_request_is_a_400_naming_the_field() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    let cases = [
+        (
+            "/v1/data/synthetic/BAD:TICKER?start=2024-01-01&end=2024-01-02",
+            "ticker",
+        ),
+        (
+            &format!("/v1/data/synthetic/{}?start=2024-01-01", "A".repeat(33)),
+            "ticker",
+        ),
+        ("/v1/data/synthetic/AAPL?start=2024-1-1&end=2024-01-02", "start"),
+        ("/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-02-30", "end"),
+        ("/v1/data/synthetic/AAPL?start=2024-02-01&end=2024-01-01", "start"),
+        ("/v1/data/synthetic/AAPL?end=2024-01-01", "start"),
+        (
+            "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-02&refresh=perhaps",
+            "refresh",
+        ),
+        (
+            "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-02&format=xml",
+            "format",
+        ),
+        (
+            "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-02&colour=red",
+            "colour",
+        ),
+    ];
+    for (path, field) in cases {
+        let (s, body) = d.get_json(path).await;
+        assert_eq!(s, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{path}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(field), "{path}: message {msg:?} should name {field}");
+    }
+    let (s, body) = d.get_json("/v1/data/nosuch/AAPL").await;
+    assert_eq!(s, 404);
+    assert_eq!(body["error"]["code"], "plugin_not_found");
+    let r = d
+        .get(&format!("/v1/data/synthetic/AAPL?start={}", "9".repeat(9000)))
+        .await;
+    assert_eq!(r.status(), 414);
+    // Defaults: no dates means yesterday..yesterday, lower-case ticker is upper-cased.
+    let (s, body) = d.get_json("/v1/data/synthetic/msft").await;
+    assert!(s == 200 || s == 404, "{body}");
+    let yesterday = (chrono::Utc::now().date_naive() - chrono::Days::new(1)).to_string();
+    if s == 200 {
+        assert_eq!(body["start"], yesterday);
+        assert_eq!(body["end"], yesterday);
+        assert_eq!(body["ticker"], "MSFT");
+    } else {
+        assert_eq!(body["error"]["code"], "no_data", "a weekend yesterday has no bars");
+    }
+}
+
+#[tokio::test]
+async fn invalidate_by_plugin_ticker_and_exact_range() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    let paths = [
+        "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-31",
+        "/v1/data/synthetic/AAPL?start=2024-02-01&end=2024-02-29",
+        "/v1/data/synthetic/MSFT?start=2024-01-01&end=2024-01-31",
+        "/v1/data/synthetic/IBM?start=2024-01-01&end=2024-01-31",
+    ];
+    for p in paths {
+        assert_eq!(data(&d, p).await.1, "MISS");
+    }
+    for p in paths {
+        assert_eq!(data(&d, p).await.1, "HIT");
+    }
+    let del = |q: &'static str| {
+        let http = d.http.clone();
+        let url = d.url(&format!("/v1/cache?{q}"));
+        async move {
+            let r = http.delete(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Exact range: only that entry.
+    let (s, b) = del("ticker=aapl&start=2024-02-01&end=2024-02-29").await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!(data(&d, paths[1]).await.1, "MISS");
+    assert_eq!(data(&d, paths[0]).await.1, "HIT");
+    // Ticker: both AAPL entries, nothing else.
+    let (s, b) = del("plugin=synthetic&ticker=AAPL").await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(2)), "{b}");
+    assert_eq!(data(&d, paths[2]).await.1, "HIT");
+    assert_eq!(data(&d, paths[0]).await.1, "MISS");
+    // Plugin: everything of the plugin (AAPL x1 re-cached, MSFT, IBM).
+    let (s, b) = del("plugin=synthetic").await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(3)), "{b}");
+    for p in &paths[2..] {
+        assert_eq!(data(&d, p).await.1, "MISS");
+    }
+    // Rules: need plugin or ticker; start and end together.
+    assert_eq!(del("start=2024-01-01&end=2024-01-31").await.0, 400);
+    assert_eq!(del("ticker=AAPL&start=2024-01-01").await.0, 400);
+    // Nothing left to delete is 0, not an error.
+    assert_eq!(del("ticker=ZZZZ").await.1["deleted"], 0);
+
+    // The CLI deletes through the same index.
+    let prefix = prefix_of(&redis);
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        cfg.path(),
+        format!("[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n", redis.url()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickerd"))
+        .args(["invalidate", "--ticker", "MSFT", "--config"])
+        .arg(cfg.path())
+        .arg("--plugins")
+        .arg(&d.plugins_dir)
+        .env_remove("TICKERD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert_eq!(data(&d, paths[2]).await.1, "MISS");
+}
+
+#[tokio::test]
+async fn refresh_bypasses_the_read_and_overwrites() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    assert_eq!(data(&d, JAN).await.1, "MISS");
+    let (s, x, body) = data(&d, &format!("{JAN}&refresh=true")).await;
+    assert_eq!((s, x.as_str()), (200, "BYPASS"));
+    assert_eq!(body["cache"]["status"], "bypass");
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "synthetic")]),
+        2.0
+    );
+    let (_, x, body2) = data(&d, JAN).await;
+    assert_eq!(x, "HIT");
+    assert_eq!(
+        body2["fetched_at"], body["fetched_at"],
+        "the refresh overwrote the entry"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_value_is_a_miss_counted_as_an_error_then_overwritten() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    assert_eq!(data(&d, JAN).await.1, "MISS");
+    let prefix = prefix_of(&redis);
+    let key = format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31");
+    let mut c = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("{\"not\": \"ours\"")
+        .arg("EX")
+        .arg(600)
+        .query(&mut c)
+        .unwrap();
+    let (s, x, body) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
+    assert_eq!(
+        metric(&d.metrics().await, "cache_errors_total", &[("plugin", "synthetic")]),
+        1.0
+    );
+    let stored: String = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
+    assert!(stored.contains("\"bars\""), "overwritten with a good entry: {stored}");
+    assert_eq!(data(&d, JAN).await.1, "HIT");
+}
+
+const SLOW_PLUGIN: &str = r#"
+return {
+  description = "busy for 300 ms, then one bar",
+  ttl = "1h",
+  fetch = function(req)
+    local t = os.clock()
+    while os.clock() - t < 0.3 do end
+    return { bars = { { date = req.start_date, open = 1, high = 2, low = 0.5, close = 1.5, volume = 10 } } }
+  end,
+}
+"#;
+
+#[tokio::test]
+async fn fifty_concurrent_misses_make_one_plugin_call() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("slow", SLOW_PLUGIN)
+        .start()
+        .await;
+    let path = "/v1/data/slow/AAPL?start=2024-01-02&end=2024-01-02";
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, url) = (d.http.clone(), d.url(path));
+        tasks.push(tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.headers()["x-cache"].to_str().unwrap().to_owned())
+        }));
+    }
+    let mut misses = 0;
+    for t in tasks {
+        let (s, x) = t.await.unwrap();
+        assert_eq!(s, 200);
+        misses += usize::from(x == "MISS");
+    }
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "slow")]),
+        1.0,
+        "one plugin call"
+    );
+    let coalesced = metric(&m, "fetch_coalesced_total", &[("plugin", "slow")]);
+    assert_eq!(
+        coalesced as usize + 1,
+        misses,
+        "every other miss waited for the one call"
+    );
+    assert!(misses >= 2, "the requests overlapped ({misses} misses)");
+}
+
+#[tokio::test]
+async fn redis_absent_from_the_start_serves_from_memory() {
+    let url = common::daemon::dead_redis_url();
+    let d = DaemonBuilder::new(&url).bundled("synthetic").start().await;
+    let (s, ready) = d.get_json("/readyz").await;
+    assert_eq!(s, 200);
+    assert_eq!(ready["redis"], "down");
+    let (s, x, body) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
+    assert_eq!(body["cache"]["layer"], "memory");
+    let (s, x, body) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "HIT"));
+    assert_eq!(body["cache"]["layer"], "memory");
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "cache_hits_total",
+            &[("plugin", "synthetic"), ("cache_type", "memory")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "redis_up", &[]), 0.0);
+    assert_eq!(d.get_json("/v1/stats").await.1["memory_entries"], 1);
+}
+
+#[tokio::test]
+async fn redis_killed_mid_test_then_back() {
+    let mut redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    assert_eq!(data(&d, JAN).await.1, "MISS");
+    redis.kill();
+    for i in 0..20 {
+        let path = format!("/v1/data/synthetic/T{i}?start=2024-01-01&end=2024-01-05");
+        let (s, _, body) = data(&d, &path).await;
+        assert_eq!(s, 200, "request {i} with redis down: {body}");
+    }
+    // The entry fetched before the outage is still served, from memory.
+    let (s, x, body) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "HIT"));
+    assert_eq!(body["cache"]["layer"], "memory");
+    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), 0.0);
+
+    redis.restart();
+    wait_for("redis_up to return to 1", Duration::from_secs(10), || async {
+        (metric(&d.metrics().await, "redis_up", &[]) == 1.0).then_some(())
+    })
+    .await;
+    let (s, x, body) = data(&d, "/v1/data/synthetic/NEW?start=2024-01-01&end=2024-01-05").await;
+    assert_eq!((s, x.as_str()), (200, "MISS"));
+    assert_eq!(body["cache"]["layer"], "redis", "new entries land in redis again");
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_when_one_is_set() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .env("TICKERD_ADMIN_TOKEN", "s3cret")
+        .start()
+        .await;
+    let url = d.url("/v1/cache?plugin=synthetic");
+    let r = d.http.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = d.http.delete(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = d.http.delete(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = d.http.post(d.url("/v1/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = d
+        .http
+        .post(d.url("/v1/reload"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn admin_routes_without_a_token_refuse_a_non_loopback_listener() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .listen(&format!("0.0.0.0:{port}"))
+        .start()
+        .await;
+    let r = d
+        .http
+        .delete(format!("http://127.0.0.1:{port}/v1/cache?plugin=synthetic"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("TICKERD_ADMIN_TOKEN")
+    );
+}
+
+#[tokio::test]
+async fn plugins_routes_describe_each_plugin() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    let (s, list) = d.get_json("/v1/plugins").await;
+    assert_eq!(s, 200);
+    let p = &list.as_array().unwrap()[0];
+    assert_eq!(p["name"], "synthetic");
+    assert_eq!(p["status"], "ok");
+    assert_eq!(p["ttl_s"], 86400);
+    assert_eq!(p["version"].as_str().unwrap().len(), 64);
+    assert!(p["loaded_at"].is_string());
+    assert!(p["last_error"].is_null());
+    let (s, one) = d.get_json("/v1/plugins/synthetic").await;
+    assert_eq!((s, &one), (200, p));
+    assert_eq!(d.get_json("/v1/plugins/nosuch").await.0, 404);
+    assert_eq!(d.get_json("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn config_overrides_the_plugin_ttl() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config("[plugins.synthetic]\nttl = \"90s\"\n")
+        .start()
+        .await;
+    let (_, _, body) = data(&d, JAN).await;
+    assert_eq!(body["cache"]["ttl_s"], 90);
+    let prefix = prefix_of(&redis);
+    let mut c = redis.conn();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31"))
+        .query(&mut c)
+        .unwrap();
+    assert!((80..=90).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let redis = RedisServer::start();
+    let mut d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    assert_eq!(data(&d, JAN).await.0, 200);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
