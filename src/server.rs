@@ -34,6 +34,13 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
     daemon.cache.redis().spawn_supervisor();
     let report = daemon.start().await;
     crate::reload::spawn_sighup(Arc::clone(&daemon));
+    let _watch = match crate::reload::watch(Arc::clone(&daemon)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "hot reload is off: cannot watch the plugins directory; SIGHUP or POST /v1/reload still rescan (try --poll on NFS and some container mounts)");
+            None
+        }
+    };
     tracing::info!(
         listen = %cfg.listen, plugins_dir = %cfg.plugins_dir.display(),
         plugins = report.loaded.len(), failed = report.failed.len(),

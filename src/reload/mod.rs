@@ -1,6 +1,14 @@
-//! Hot reload: SIGHUP now; the file watcher arrives with the hot-reload work.
+//! Hot reload: a debounced file watcher on the plugins directory and the
+//! config file, plus SIGHUP. Every trigger ends in the same two calls,
+//! `Registry::rescan` (content hashes decide what changed) and
+//! `Daemon::reload_config`, so no way of changing a file can be missed by
+//! a clever event filter.
+
+mod watcher;
 
 use std::sync::Arc;
+
+pub use watcher::{WatchHandle, watch};
 
 use crate::daemon::Daemon;
 
@@ -14,7 +22,13 @@ pub fn spawn_sighup(daemon: Arc<Daemon>) {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: rescanning plugins and config");
             let outcome = daemon.reload_all().await;
-            tracing::info!(loaded = outcome.plugins.loaded.len(), failed = outcome.plugins.failed.len(), unloaded = outcome.plugins.unloaded.len(), config = %outcome.config, "rescan done");
+            tracing::info!(
+                loaded = outcome.plugins.loaded.len(),
+                failed = outcome.plugins.failed.len(),
+                unloaded = outcome.plugins.unloaded.len(),
+                config = %outcome.config,
+                "rescan done"
+            );
         }
     });
 }

@@ -1,0 +1,323 @@
+//! Hot reload: every way an editor or Kubernetes changes a file reloads the
+//! plugin; a broken save keeps the last good version; requests in flight
+//! finish on the version they started with.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Daemon, DaemonBuilder, RedisServer, metric, wait_for};
+use serde_json::Value;
+
+fn plugin_src(tag: &str) -> String {
+    format!(
+        r#"
+return {{
+  description = "version {tag}",
+  ttl = "1h",
+  fetch = function(req)
+    return {{ bars = {{ {{ date = req.start_date, open = 1, high = 2, low = 0.5, close = 1.5 }} }}, meta = {{ v = "{tag}" }} }}
+  end,
+}}
+"#
+    )
+}
+
+const PATH: &str = "/v1/data/p/AAPL?start=2024-01-02&end=2024-01-02&refresh=true";
+
+async fn served_version(d: &Daemon, path: &str) -> Option<String> {
+    let (s, body) = d.get_json(path).await;
+    (s == 200).then(|| body["meta"]["v"].as_str().unwrap_or("").to_owned())
+}
+
+async fn wait_version(d: &Daemon, path: &str, want: &str) {
+    wait_for(
+        &format!("{path} to serve version {want}"),
+        Duration::from_secs(10),
+        || async { (served_version(d, path).await.as_deref() == Some(want)).then_some(()) },
+    )
+    .await;
+}
+
+async fn plugin_info(d: &Daemon, name: &str) -> (u16, Value) {
+    d.get_json(&format!("/v1/plugins/{name}")).await
+}
+
+async fn start(redis: &RedisServer) -> Daemon {
+    DaemonBuilder::new(&redis.url())
+        .plugin("p", &plugin_src("A"))
+        .start()
+        .await
+}
+
+fn write(dir: &Path, name: &str, src: &str) {
+    std::fs::write(dir.join(name), src).unwrap();
+}
+
+#[tokio::test]
+async fn write_in_place_reloads() {
+    let redis = RedisServer::start();
+    let d = start(&redis).await;
+    wait_version(&d, PATH, "A").await;
+    write(&d.plugins_dir, "p.lua", &plugin_src("B"));
+    wait_version(&d, PATH, "B").await;
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(&m, "plugin_reloads_total", &[("plugin", "p"), ("result", "ok")]),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn rename_over_reloads() {
+    let redis = RedisServer::start();
+    let d = start(&redis).await;
+    let tmp = d.plugins_dir.join(".p.lua.swp");
+    std::fs::write(&tmp, plugin_src("B")).unwrap();
+    std::fs::rename(&tmp, d.plugins_dir.join("p.lua")).unwrap();
+    wait_version(&d, PATH, "B").await;
+}
+
+#[tokio::test]
+async fn delete_and_create_reloads() {
+    let redis = RedisServer::start();
+    let d = start(&redis).await;
+    std::fs::remove_file(d.plugins_dir.join("p.lua")).unwrap();
+    write(&d.plugins_dir, "p.lua", &plugin_src("B"));
+    wait_version(&d, PATH, "B").await;
+}
+
+#[tokio::test]
+async fn new_file_loads_and_deleted_file_unloads() {
+    let redis = RedisServer::start();
+    let d = start(&redis).await;
+    write(&d.plugins_dir, "q.lua", &plugin_src("Q"));
+    let q = "/v1/data/q/AAPL?start=2024-01-02&end=2024-01-02";
+    wait_version(&d, q, "Q").await;
+    wait_for("plugins_loaded = 2", Duration::from_secs(5), || async {
+        (metric(&d.metrics().await, "plugins_loaded", &[]) == 2.0).then_some(())
+    })
+    .await;
+    std::fs::remove_file(d.plugins_dir.join("q.lua")).unwrap();
+    wait_for("q to be unloaded (404)", Duration::from_secs(10), || async {
+        let (s, body) = d.get_json(q).await;
+        (s == 404 && body["error"]["code"] == "plugin_not_found").then_some(())
+    })
+    .await;
+    assert_eq!(metric(&d.metrics().await, "plugins_loaded", &[]), 1.0);
+    assert_eq!(plugin_info(&d, "q").await.0, 404);
+}
+
+#[tokio::test]
+async fn kubernetes_configmap_symlink_swap_reloads() {
+    let redis = RedisServer::start();
+    // Build the ConfigMap layout before starting: p.lua -> ..data/p.lua, ..data -> ..v1
+    let b = DaemonBuilder::new(&redis.url());
+    let dir = b.plugins_path().to_path_buf();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    write(&dir.join("..v1"), "p.lua", &plugin_src("A"));
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/p.lua", dir.join("p.lua")).unwrap();
+    let d = b.start().await;
+    wait_version(&d, PATH, "A").await;
+
+    // The kubelet's update: new timestamped dir, new ..data_tmp link, rename over ..data.
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    write(&dir.join("..v2"), "p.lua", &plugin_src("B"));
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
+    wait_version(&d, PATH, "B").await;
+}
+
+#[tokio::test]
+async fn a_broken_save_keeps_the_last_good_version() {
+    let redis = RedisServer::start();
+    let d = start(&redis).await;
+    let (_, before) = plugin_info(&d, "p").await;
+    write(
+        &d.plugins_dir,
+        "p.lua",
+        "return {\n  fetch = function(req)\n    return {{\n  end\n",
+    );
+    let info = wait_for(
+        "last_error to show the syntax error",
+        Duration::from_secs(10),
+        || async {
+            let (_, info) = plugin_info(&d, "p").await;
+            (info["status"] == "error").then_some(info)
+        },
+    )
+    .await;
+    let err = info["last_error"].as_str().unwrap();
+    assert!(err.contains("p.lua:"), "error names file:line: {err}");
+    assert_eq!(info["version"], before["version"], "the old version still serves");
+    assert_eq!(served_version(&d, PATH).await.as_deref(), Some("A"));
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(&m, "plugin_reloads_total", &[("plugin", "p"), ("result", "error")]),
+        1.0
+    );
+    assert!(d.log().contains("last good version keeps serving"));
+
+    // A contract error (no fetch) is refused the same way, with its line.
+    write(
+        &d.plugins_dir,
+        "p.lua",
+        "return {\n  description = 'x',\n  ttl = 'soon',\n  fetch = function() end,\n}\n",
+    );
+    wait_for("ttl error", Duration::from_secs(10), || async {
+        let (_, info) = plugin_info(&d, "p").await;
+        info["last_error"]
+            .as_str()
+            .filter(|e| e.contains("p.lua:3:"))
+            .map(|_| ())
+    })
+    .await;
+
+    // Fixing the file brings the plugin back to ok.
+    write(&d.plugins_dir, "p.lua", &plugin_src("C"));
+    wait_version(&d, PATH, "C").await;
+    let (_, info) = plugin_info(&d, "p").await;
+    assert_eq!(info["status"], "ok");
+    assert!(info["last_error"].is_null());
+}
+
+#[tokio::test]
+async fn a_plugin_that_never_loaded_is_unavailable() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("p", &plugin_src("A"))
+        .plugin("bad", "return 42\n")
+        .start()
+        .await;
+    let (s, body) = d.get_json("/v1/data/bad/AAPL?start=2024-01-02&end=2024-01-02").await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_unavailable");
+    let (_, info) = plugin_info(&d, "bad").await;
+    assert_eq!(info["status"], "error");
+    assert!(info["version"].is_null());
+}
+
+#[tokio::test]
+async fn unchanged_content_and_non_plugin_files_do_nothing() {
+    let redis = RedisServer::start();
+    let d = start(&redis).await;
+    let (_, before) = plugin_info(&d, "p").await;
+    // Same bytes written again, a README, a subdirectory with a .lua file.
+    write(&d.plugins_dir, "p.lua", &plugin_src("A"));
+    write(&d.plugins_dir, "README.md", "notes");
+    std::fs::create_dir(d.plugins_dir.join("lib")).unwrap();
+    write(&d.plugins_dir.join("lib"), "helper.lua", "return 1");
+    // A new plugin after those events proves the watcher has processed them.
+    write(&d.plugins_dir, "z.lua", &plugin_src("Z"));
+    wait_version(&d, "/v1/data/z/AAPL?start=2024-01-02&end=2024-01-02", "Z").await;
+    let (_, after) = plugin_info(&d, "p").await;
+    assert_eq!(after["loaded_at"], before["loaded_at"]);
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(&m, "plugin_reloads_total", &[("plugin", "p"), ("result", "ok")]),
+        1.0
+    );
+    assert_eq!(plugin_info(&d, "helper").await.0, 404);
+    assert_eq!(metric(&m, "plugins_loaded", &[]), 2.0);
+}
+
+const SLOW: &str = r#"
+return {
+  ttl = "1h",
+  fetch = function(req)
+    local t = os.clock()
+    while os.clock() - t < 0.8 do end
+    return { bars = { { date = req.start_date, open = 1, high = 2, low = 0.5, close = 1.5 } }, meta = { v = "SLOW" } }
+  end,
+}
+"#;
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_its_version() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).plugin("p", SLOW).start().await;
+    let (http, url) = (d.http.clone(), d.url(PATH));
+    let inflight = tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() });
+    // Wait until the fetch has started, then save a new version.
+    wait_for("the slow fetch to be in flight", Duration::from_secs(5), || async {
+        let (_, s) = d.get_json("/v1/stats").await;
+        (s["inflight_fetches"] == 1).then_some(())
+    })
+    .await;
+    write(&d.plugins_dir, "p.lua", &plugin_src("NEW"));
+    wait_version(&d, PATH, "NEW").await;
+    let old = inflight.await.unwrap();
+    assert_eq!(
+        old["meta"]["v"], "SLOW",
+        "the in-flight request finished on its version"
+    );
+}
+
+#[tokio::test]
+async fn config_changes_apply_at_once() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("p", &plugin_src("A"))
+        .config("[plugins.p]\nttl = \"100s\"\n")
+        .start()
+        .await;
+    let q = "/v1/data/p/AAPL?start=2024-01-02&end=2024-01-02";
+    assert_eq!(plugin_info(&d, "p").await.1["ttl_s"], 100);
+    let cfg_path = d.config_path.clone();
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("ttl = \"100s\"", "ttl = \"200s\"");
+    std::fs::write(&cfg_path, text).unwrap();
+    wait_for("ttl 200 to apply", Duration::from_secs(10), || async {
+        (plugin_info(&d, "p").await.1["ttl_s"] == 200).then_some(())
+    })
+    .await;
+    let (_, body) = d.get_json(q).await;
+    assert_eq!(body["cache"]["ttl_s"], 200);
+    // A bad edit keeps the running config.
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("ttl = \"200s\"", "ttl = \"whenever\"");
+    std::fs::write(&cfg_path, text).unwrap();
+    wait_for("the bad config to be reported", Duration::from_secs(10), || async {
+        d.log().contains("keeping the running config").then_some(())
+    })
+    .await;
+    assert_eq!(plugin_info(&d, "p").await.1["ttl_s"], 200);
+}
+
+#[tokio::test]
+async fn poll_mode_sighup_and_reload_route_rescan() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("p", &plugin_src("A"))
+        .arg("--poll")
+        .start()
+        .await;
+    write(&d.plugins_dir, "p.lua", &plugin_src("B"));
+    wait_version(&d, PATH, "B").await;
+    // POST /v1/reload reports what it did.
+    write(&d.plugins_dir, "r.lua", &plugin_src("R"));
+    let r: Value = d
+        .http
+        .post(d.url("/v1/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let loaded = r["plugins"]["loaded"].as_array().cloned().unwrap_or_default();
+    let known = loaded.iter().any(|v| v == "r") || plugin_info(&d, "r").await.0 == 200;
+    assert!(known, "{r}");
+    // SIGHUP too.
+    write(&d.plugins_dir, "s.lua", &plugin_src("S"));
+    d.signal("HUP");
+    wait_for("s to load after SIGHUP", Duration::from_secs(10), || async {
+        (plugin_info(&d, "s").await.0 == 200).then_some(())
+    })
+    .await;
+}
