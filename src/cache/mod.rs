@@ -2,6 +2,7 @@
 //! in-process memory layer whenever Redis cannot be asked.
 
 mod entry;
+mod fleet_lock;
 mod key;
 mod memory;
 mod redis_store;
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 use futures::FutureExt;
 
 pub use entry::{DataDoc, DecodeError, Envelope, Payload, now_ms};
+pub use fleet_lock::{LockGuard, Waited};
 pub use key::{CacheKey, KeySpace, Selector};
 pub use memory::MemoryLayer;
 pub use redis_store::{Conn, RedisStore, StoreError};
@@ -212,6 +214,13 @@ impl Cache {
                 Layer::Memory
             }
         }
+    }
+
+    /// Mirrors an entry another daemon stored into the memory layer, so this
+    /// daemon can serve it during a later Redis outage.
+    pub fn remember_locally(&self, key: &CacheKey, env: &Arc<Envelope>) {
+        let stale = self.settings.load().stale_if_error;
+        self.memory.insert(key.as_str(), Arc::clone(env), stale);
     }
 
     fn space_is_cluster(&self) -> bool {

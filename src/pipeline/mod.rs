@@ -7,12 +7,12 @@ mod answer;
 mod singleflight;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use answer::{Answer, CacheStatus};
 pub use singleflight::{Role, SingleFlight};
 
-use crate::cache::{Cache, CacheKey, DataDoc, Envelope, Layer, Payload, Selector, StoreError, now_ms};
+use crate::cache::{Cache, CacheKey, DataDoc, Envelope, Layer, Payload, Selector, StoreError, Waited, now_ms};
 use crate::error::AppError;
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::model::{Bars, DateRange, PluginName, Ticker};
@@ -171,7 +171,60 @@ impl Pipeline {
         })
     }
 
+    /// The leader's work: take the fleet lock (or wait for the daemon that
+    /// holds it), fetch, store, release.
     async fn fetch_and_store(
+        &self,
+        req: &DataRequest,
+        key: &CacheKey,
+        plugin: &Arc<Plugin>,
+        pm: &PluginMetrics,
+    ) -> FlightResult {
+        let settings = plugin.settings();
+        // The lock outlives the plugin's own timeout a little, so a live
+        // holder never loses it mid-fetch.
+        let lock_ttl = settings.timeout + Duration::from_secs(1);
+        let since = if req.refresh { now_ms() } else { 0 };
+        let give_up = Instant::now() + lock_ttl * 2;
+        let mut guard = None;
+        while Instant::now() < give_up {
+            match self.cache.try_lock(key, lock_ttl).await {
+                Ok(Some(g)) => {
+                    guard = Some(g);
+                    break;
+                }
+                Ok(None) => match self.cache.wait_for_holder(key, &req.range, since, lock_ttl).await {
+                    Waited::Value(found) => {
+                        pm.coalesced.inc();
+                        if let Payload::NoData { message } = &found.env.payload {
+                            return Err(AppError::NoData(message.clone()));
+                        }
+                        self.cache.remember_locally(key, &found.env);
+                        return Ok((found.env, Layer::Redis));
+                    }
+                    Waited::Failed(e) => {
+                        pm.coalesced.inc();
+                        return Err(e);
+                    }
+                    Waited::Free => continue,
+                },
+                // Redis cannot be asked: this daemon fetches on its own.
+                Err(_) => break,
+            }
+        }
+        let result = self.fetch_uncached(req, key, plugin, pm).await;
+        if let Some(g) = guard {
+            if let Err(e) = &result
+                && e.is_fetch_failure()
+            {
+                self.cache.publish_failure(key, e, Duration::from_secs(2)).await;
+            }
+            self.cache.unlock(g).await;
+        }
+        result
+    }
+
+    async fn fetch_uncached(
         &self,
         req: &DataRequest,
         key: &CacheKey,
