@@ -206,3 +206,43 @@ mod tests {
         assert!(CacheKey::has_range(k.as_str(), &r));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use chrono::NaiveDate;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No input, however hostile, yields a key outside its plugin's
+        /// namespace or one that acts as a pattern.
+        #[test]
+        fn keys_stay_in_their_namespace(
+            plugin in "[a-z0-9_-]{1,64}",
+            other in "[a-z0-9_-]{1,64}",
+            raw_ticker in "\\PC{0,40}",
+            version in 0u32..1000,
+            a in 0i64..40_000, b in 0i64..40_000,
+            cluster in any::<bool>(),
+        ) {
+            let Ok(ticker) = Ticker::parse(&raw_ticker) else { return Ok(()); };
+            let base = NaiveDate::from_ymd_opt(1990, 1, 1).unwrap();
+            let (s, e) = (base + chrono::Days::new(a.min(b) as u64), base + chrono::Days::new(a.max(b) as u64));
+            let range = DateRange::new(s, e).unwrap();
+            let ks = KeySpace::new("tickerd", cluster);
+            let p = PluginName::parse(&plugin).unwrap();
+            let key = ks.entry(&p, version, &ticker, &range);
+            let k = key.as_str();
+            prop_assert!(!k.contains(['*', '?', '[', ']', ' ', '\n']), "{}", k);
+            prop_assert_eq!(k.matches(':').count(), 5);
+            let own = Selector { plugin: Some(p.clone()), ..Selector::default() };
+            prop_assert!(key.matches(&ks, &own));
+            if other != plugin {
+                let foreign = Selector { plugin: Some(PluginName::parse(&other).unwrap()), ..Selector::default() };
+                prop_assert!(!key.matches(&ks, &foreign), "{} matched plugin {}", k, other);
+            }
+            let tsel = Selector { ticker: Some(ticker.clone()), ..Selector::default() };
+            prop_assert!(key.matches(&ks, &tsel));
+        }
+    }
+}

@@ -160,3 +160,39 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary paths and query strings never panic; what is accepted
+        /// is always a valid, normalised request.
+        #[test]
+        fn parsing_never_panics_and_normalises(
+            plugin in "\\PC{0,80}",
+            ticker in "\\PC{0,80}",
+            query in proptest::option::of("\\PC{0,200}"),
+        ) {
+            let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+            if let Ok((req, _)) = parse_request(&plugin, &ticker, query.as_deref(), today) {
+                let t = req.ticker.as_str();
+                prop_assert!(!t.is_empty() && t.len() <= 32);
+                prop_assert!(t.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || ".^=_-".contains(c)));
+                prop_assert!(req.range.start() <= req.range.end());
+                prop_assert_eq!(req.plugin.as_str(), plugin.as_str());
+            }
+        }
+
+        #[test]
+        fn well_formed_queries_round_trip(y1 in 1990i32..2030, d1 in 0u64..365, span in 0u64..400) {
+            let today = chrono::NaiveDate::from_ymd_opt(2031, 1, 1).unwrap();
+            let s = chrono::NaiveDate::from_ymd_opt(y1, 1, 1).unwrap() + chrono::Days::new(d1);
+            let e = s + chrono::Days::new(span);
+            let q = format!("start={s}&end={e}");
+            let (req, _) = parse_request("synthetic", "aapl", Some(&q), today).unwrap();
+            prop_assert_eq!((req.range.start(), req.range.end()), (s, e));
+        }
+    }
+}
