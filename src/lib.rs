@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;
+pub mod producer;
 pub mod reload;
 pub mod server;

@@ -1,6 +1,7 @@
 //! `tickerd serve`: bind, serve, and drain on SIGTERM/SIGINT.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -48,11 +49,14 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
         redis_up = daemon.cache.redis().is_up(),
         "tickerd is serving"
     );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let producers = crate::producer::spawn(Arc::clone(&daemon), stop_rx);
     let app = crate::http::router(Arc::clone(&daemon));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = cfg.drain_timeout;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
+        let _ = stop_tx.send(true);
         let _ = drained_tx.send(());
     });
     let mut server = tokio::spawn(async move { server.await });
@@ -61,6 +65,9 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
         r = &mut server => Ok(r),
         _ = drained_rx => tokio::time::timeout(drain, server).await,
     };
+    for p in producers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
     match res {
         Ok(Ok(Ok(()))) => {
             tracing::info!("drained; bye");

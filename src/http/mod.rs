@@ -1,11 +1,13 @@
 //! The HTTP API (SPEC §2) on axum: data, plugins, cache admin, stats,
 //! health and metrics on one port.
 
+mod access;
 mod admin;
 mod data;
 mod error;
 mod info;
 mod query;
+mod status_page;
 
 use std::sync::Arc;
 
@@ -34,9 +36,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
         .route("/metrics", get(info::metrics))
+        .route("/", get(status_page::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(limit_uri))
+        .layer(middleware::from_fn(access::log_request))
         .with_state(state)
 }
 

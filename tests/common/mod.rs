@@ -2,9 +2,10 @@
 //! the real `tickerd` binary started against it. Both are killed (by the PID
 //! we started) when dropped. Waits poll with a deadline; nothing sleeps blind.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod daemon;
+pub mod mock_upstream;
 pub mod redis_server;
 
 pub use daemon::{Daemon, DaemonBuilder};

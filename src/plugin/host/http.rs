@@ -112,7 +112,7 @@ fn check_allowed(ctx: &HostCtx, url: &Url) -> Result<(), HostError> {
         return Ok(());
     }
     Err(HostError::Limit(format!(
-        "http: host {host:?} is not in this plugin's allow_hosts ({}); to allow it, add {host:?} to allow_hosts under [plugins.{}] in the config (or to the plugin's own allow_hosts list)",
+        "http: host {host:?} is not in this plugin's allow_hosts ({}); to allow it, add {host:?} to [plugins.{}] allow_hosts in the config",
         if allow.is_empty() {
             "empty".to_owned()
         } else {
@@ -357,7 +357,7 @@ fn mib(bytes: usize) -> String {
     if bytes % MIB == 0 {
         format!("{} MiB", bytes / MIB)
     } else {
-        format!("{:.2} MiB", bytes as f64 / MIB as f64)
+        format!("{:.3} MiB ({bytes} bytes)", bytes as f64 / MIB as f64)
     }
 }
 
@@ -374,21 +374,7 @@ async fn perform(ctx: &HostCtx, call: Call) -> Result<Answer, HostError> {
         ))
     };
     let exchange = async {
-        let mut req = ctx
-            .http
-            .request(call.method.clone(), call.url.clone())
-            .headers(call.headers);
-        if let Some(b) = call.body {
-            req = req.body(b);
-        }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| HostError::Upstream(format!("{target}: {}", describe(e))))?;
-        // A redirect may have led elsewhere: the answer must come from an allowed host too.
-        if resp.url() != &call.url {
-            check_allowed(ctx, resp.url())?;
-        }
+        let mut resp = send(ctx, call, &target).await?;
         if resp.content_length().is_some_and(|n| n > max_body as u64) {
             return Err(limit_msg("announces more than"));
         }
@@ -424,6 +410,69 @@ async fn perform(ctx: &HostCtx, call: Call) -> Result<Answer, HostError> {
             humantime::format_duration(timeout)
         ))),
     }
+}
+
+/// Most redirects a call follows itself (when the client hands them back).
+const MAX_REDIRECTS: usize = 5;
+
+/// Sends the request and follows redirects, checking every hop against
+/// `allow_hosts` before it is contacted. If the shared client follows
+/// redirects on its own, only the final URL can be checked, after the fact.
+async fn send(ctx: &HostCtx, call: Call, target: &str) -> Result<reqwest::Response, HostError> {
+    let Call {
+        mut method,
+        mut url,
+        mut headers,
+        mut body,
+        ..
+    } = call;
+    let failed = |e: reqwest::Error| HostError::Upstream(format!("{target}: {}", describe(e)));
+    for _ in 0..=MAX_REDIRECTS {
+        let mut req = ctx.http.request(method.clone(), url.clone()).headers(headers.clone());
+        if let Some(b) = &body {
+            req = req.body(b.clone());
+        }
+        let resp = req.send().await.map_err(failed)?;
+        if resp.url() != &url {
+            check_allowed(ctx, resp.url())?;
+        }
+        let status = resp.status();
+        let next = status
+            .is_redirection()
+            .then(|| resp.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok());
+        let Some(next) = next else { return Ok(resp) };
+        if !matches!(next.scheme(), "http" | "https") {
+            return Err(HostError::Upstream(format!(
+                "{target}: redirected to a {}: URL, which is not followed",
+                next.scheme()
+            )));
+        }
+        check_allowed(ctx, &next)?;
+        // 303, and 301/302 after a POST, turn into a GET without a body (as browsers do).
+        if status == reqwest::StatusCode::SEE_OTHER || (matches!(status.as_u16(), 301 | 302) && method == Method::POST)
+        {
+            method = Method::GET;
+            body = None;
+            headers.remove(CONTENT_TYPE);
+        }
+        // Credentials are for the origin they were written for.
+        if next.host_str() != url.host_str() || next.port_or_known_default() != url.port_or_known_default() {
+            for h in [
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::COOKIE,
+                reqwest::header::PROXY_AUTHORIZATION,
+            ] {
+                headers.remove(h);
+            }
+        }
+        url = next;
+    }
+    Err(HostError::Upstream(format!(
+        "{target}: more than {MAX_REDIRECTS} redirects"
+    )))
 }
 
 fn to_lua(lua: &Lua, a: Answer) -> mlua::Result<Table> {
@@ -466,9 +515,89 @@ mod tests {
         assert!(!host_allowed(&[], "example.com", Some(80)));
     }
 
+    /// With a client that hands redirects back (`Policy::none()`), every hop
+    /// is checked against `allow_hosts` before it is contacted.
+    #[tokio::test]
+    async fn follows_redirects_checking_each_hop() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use arc_swap::ArcSwap;
+        use axum::response::IntoResponse;
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&hits);
+        let app = axum::Router::new()
+            .route(
+                "/a",
+                axum::routing::get(|| async { axum::response::Redirect::temporary("/b") }),
+            )
+            .route(
+                "/away",
+                axum::routing::get(move || async move {
+                    axum::response::Redirect::temporary(&format!("http://localhost:{port}/b"))
+                }),
+            )
+            .route(
+                "/post",
+                axum::routing::post(|| async { axum::response::Redirect::to("/b") }),
+            )
+            .route(
+                "/b",
+                axum::routing::any(move |m: axum::http::Method| {
+                    let h = Arc::clone(&h);
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        format!("reached with {m}").into_response()
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let overrides = crate::config::PluginOverrides {
+            allow_hosts: Some(vec!["127.0.0.1".into()]),
+            ..Default::default()
+        };
+        let settings = crate::plugin::settings::Settings::effective(
+            &crate::plugin::manifest::Manifest::default(),
+            &overrides,
+            Duration::from_secs(60),
+        );
+        let ctx = HostCtx {
+            plugin: "t".into(),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        };
+        let call = |method: Method, path: &str| Call {
+            method,
+            url: Url::parse(&format!("http://127.0.0.1:{port}{path}")).unwrap(),
+            headers: HeaderMap::new(),
+            body: Some(b"x".to_vec()),
+            timeout: Duration::from_secs(5),
+        };
+
+        let a = perform(&ctx, call(Method::GET, "/a")).await.unwrap();
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"reached with GET"[..]));
+        let p = perform(&ctx, call(Method::POST, "/post")).await.unwrap();
+        assert_eq!(p.body, b"reached with GET", "303 turns a POST into a GET");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+        match perform(&ctx, call(Method::GET, "/away")).await {
+            Err(HostError::Limit(m)) => assert!(m.contains("\"localhost\""), "{m}"),
+            other => panic!("expected a Limit error, got {:?}", other.map(|a| a.status)),
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "the denied hop was never contacted");
+    }
+
     #[test]
     fn sizes_in_mib() {
         assert_eq!(mib(16 * MIB), "16 MiB");
-        assert_eq!(mib(MIB / 2), "0.50 MiB");
+        assert_eq!(mib(1024), "0.001 MiB (1024 bytes)");
     }
 }

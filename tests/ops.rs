@@ -1,0 +1,160 @@
+//! The operator's view: the producer's stream, the status page, access logs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DaemonBuilder, RedisServer, metric, unique, wait_for};
+
+#[tokio::test]
+async fn the_producer_publishes_watched_tickers_to_a_stream() {
+    let redis = RedisServer::start();
+    let stream = unique("stream");
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&format!(
+            "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"AAPL\", \"msft\"]\nevery = \"1s\"\nlookback = \"30d\"\nstream = \"{stream}\"\nmaxlen = 100\n"
+        ))
+        .start()
+        .await;
+    let entries = wait_for(
+        "two rounds of records in the stream",
+        Duration::from_secs(15),
+        || async {
+            let mut c = redis.conn();
+            let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query(&mut c)
+                .unwrap();
+            (v.ids.len() >= 4).then_some(v)
+        },
+    )
+    .await;
+    let get = |id: &redis::streams::StreamId, k: &str| -> String { id.get(k).unwrap_or_default() };
+    let first = &entries.ids[0];
+    assert_eq!(get(first, "plugin"), "synthetic");
+    assert_eq!(get(first, "ticker"), "AAPL");
+    assert_eq!(get(&entries.ids[1], "ticker"), "MSFT");
+    let today = chrono::Utc::now().date_naive();
+    assert_eq!(get(first, "end"), today.to_string());
+    assert_eq!(get(first, "start"), (today - chrono::Days::new(30)).to_string());
+    let bars: serde_json::Value = serde_json::from_str(&get(first, "bars")).unwrap();
+    assert!(bars.as_array().unwrap().len() >= 15);
+    assert!(chrono::DateTime::parse_from_rfc3339(&get(first, "fetched_at")).is_ok());
+    assert_eq!(get(first, "cache"), "miss");
+    assert_eq!(
+        get(&entries.ids[2], "cache"),
+        "hit",
+        "the second round comes from the cache"
+    );
+    let m = d.metrics().await;
+    assert!(metric(&m, "stream_published_total", &[("stream", &stream)]) >= 4.0);
+    assert!(metric(&m, "stock_requests_total", &[("plugin", "synthetic")]) >= 4.0);
+}
+
+#[tokio::test]
+async fn the_producer_skips_and_counts_while_redis_is_down_then_stops_on_sigterm() {
+    let mut redis = RedisServer::start();
+    let stream = unique("stream");
+    let mut d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&format!(
+            "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"AAPL\"]\nevery = \"1s\"\nstream = \"{stream}\"\n"
+        ))
+        .start()
+        .await;
+    redis.kill();
+    wait_for("a skipped publish to be counted", Duration::from_secs(15), || async {
+        let m = d.metrics().await;
+        (metric(&m, "stream_publish_errors_total", &[("stream", &stream)]) >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(d.get_json("/healthz").await.0, 200, "still alive");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test]
+async fn access_log_lines_and_request_ids() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .env("TICKERD_LOG_FORMAT", "json")
+        .start()
+        .await;
+    let r = d
+        .http
+        .get(d.url("/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-31"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = d.get("/healthz").await;
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 16);
+    let line = wait_for("the access log line", Duration::from_secs(5), || async {
+        d.log()
+            .lines()
+            .find(|l| l.contains("\"request_id\":\"abc-123\""))
+            .map(str::to_owned)
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["plugin"], "synthetic");
+    assert_eq!(v["ticker"], "AAPL");
+    assert_eq!(v["cache"], "MISS");
+    assert_eq!(v["status"], 200);
+    assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn status_page_renders_in_headless_chromium() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    let html = d.get("/").await.text().await.unwrap();
+    assert!(html.contains("<table id=\"plugins\""), "{html}");
+    assert!(html.contains("data-name=\"synthetic\""));
+    assert!(html.contains("<svg id=\"chart\""), "chart of synthetic AAPL");
+
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"].iter().find(|b| {
+        std::process::Command::new("which")
+            .arg(b)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!(
+            "SKIPPED the browser half of status_page_renders_in_headless_chromium: Chromium is not installed (apt-get install chromium)"
+        );
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(d.url("/?plugin=synthetic&ticker=MSFT"))
+        .output()
+        .await
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("id=\"plugins\""),
+        "rendered DOM: {dom}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains("data-name=\"synthetic\""));
+    assert!(dom.contains("<polyline"), "the chart rendered");
+    assert!(dom.contains("MSFT"));
+}
