@@ -1,0 +1,221 @@
+//! A stand-in for a market-data source: an axum server on a free loopback
+//! port, inside the test process, answering canned bodies and recording
+//! every request it gets (method, path, query, headers, body).
+//!
+//! Routes match on the path and, optionally, on query parameters; the most
+//! recently added matching route wins, so a test can change an answer midway
+//! (a 429 first, data afterwards). Anything unmatched is a 404 "no mock route".
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Response, Uri};
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// The raw query string (`""` when there was none).
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// The decoded value of one query parameter.
+    pub fn param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// A canned answer.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+    /// Sent in 8 KiB chunks without a content-length.
+    pub chunked: bool,
+}
+
+impl Canned {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            content_type: content_type.to_owned(),
+            body: body.into(),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+            chunked: false,
+        }
+    }
+
+    pub fn json(status: u16, body: &str) -> Self {
+        Self::new(status, "application/json;charset=utf-8", body)
+    }
+
+    pub fn text(status: u16, body: &str) -> Self {
+        Self::new(status, "text/plain;charset=utf-8", body)
+    }
+
+    /// Waits this long before answering.
+    pub fn delayed(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+
+    /// Streams the body in chunks (no content-length), as a large download would come.
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
+        self
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+struct Route {
+    path: String,
+    params: Vec<(String, String)>,
+    answer: Canned,
+}
+
+#[derive(Default)]
+struct State {
+    routes: Vec<Route>,
+    requests: Vec<Recorded>,
+}
+
+pub struct MockUpstream {
+    pub base: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockUpstream {
+    /// Binds 127.0.0.1:0 and serves on the current tokio runtime.
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let state = Arc::clone(&shared);
+            async move { answer(&state, method, uri, headers, body).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock upstream");
+        let addr = listener.local_addr().expect("mock address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            task,
+        }
+    }
+
+    /// Answers `path` (any query) with `answer`.
+    pub fn on(&self, path: &str, answer: Canned) {
+        self.on_query(path, &[], answer);
+    }
+
+    /// Answers `path` when every `(name, value)` is among its query parameters.
+    pub fn on_query(&self, path: &str, params: &[(&str, &str)], answer: Canned) {
+        self.state.lock().unwrap().routes.push(Route {
+            path: path.to_owned(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            answer,
+        });
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests whose path is `path`.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.requests_to(path).len()
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(state: &Mutex<State>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let rec = Recorded {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let canned = {
+        let mut st = state.lock().unwrap();
+        let found = st
+            .routes
+            .iter()
+            .rev()
+            .find(|r| {
+                r.path == rec.path
+                    && r.params
+                        .iter()
+                        .all(|(k, v)| rec.param(k).as_deref() == Some(v.as_str()))
+            })
+            .map(|r| r.answer.clone());
+        st.requests.push(rec.clone());
+        found
+    };
+    let canned = canned.unwrap_or_else(|| Canned::text(404, &format!("no mock route for {} {}", rec.method, rec.path)));
+    if !canned.delay.is_zero() {
+        tokio::time::sleep(canned.delay).await;
+    }
+    let mut resp = Response::builder()
+        .status(canned.status)
+        .header("content-type", canned.content_type.as_str());
+    for (k, v) in &canned.headers {
+        resp = resp.header(k.as_str(), v.as_str());
+    }
+    let body = if canned.chunked {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = canned
+            .body
+            .chunks(8192)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    } else {
+        Body::from(canned.body)
+    };
+    resp.body(body).expect("mock response")
+}
