@@ -59,7 +59,8 @@ pub fn http_client() -> reqwest::Client {
                 ))
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .pool_idle_timeout(std::time::Duration::from_secs(60))
-                .redirect(reqwest::redirect::Policy::limited(5))
+                // http.rs follows redirects itself, checking allow_hosts before each hop.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new())
         })

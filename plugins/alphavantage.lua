@@ -1,0 +1,77 @@
+-- alphavantage: daily bars from Alpha Vantage's TIME_SERIES_DAILY.
+--
+--   GET {base}/query?function=TIME_SERIES_DAILY&symbol=..&outputsize=full&apikey=..
+--
+-- Needs ALPHAVANTAGE_API_KEY (free keys at https://www.alphavantage.co/support/#api-key).
+-- Set ALPHAVANTAGE_BASE_URL to point it elsewhere (a test server).
+--
+-- Alpha Vantage answers problems with HTTP 200 and a JSON note instead of data:
+--   {"Note": "...call frequency..."}          rate limit          -> upstream_error
+--   {"Information": "...rate limit / premium"} rate limit, plan    -> upstream_error
+--   {"Error Message": "Invalid API call..."}   e.g. unknown symbol -> no_data
+-- Raising an error (never returning bars) is what keeps these out of the cache.
+-- Prices come as strings keyed "1. open", "2. high", ...; dates are object keys,
+-- in no particular order.
+
+return {
+  description = "Daily bars from Alpha Vantage (TIME_SERIES_DAILY; needs ALPHAVANTAGE_API_KEY)",
+  ttl = "6h",
+  timeout = "15s",
+  cache_version = 1,
+  env = { "ALPHAVANTAGE_BASE_URL", "ALPHAVANTAGE_API_KEY" },
+  max_concurrency = 4,     -- the free plan allows a few calls per minute anyway
+
+  fetch = function(req)
+    local key = env.get("ALPHAVANTAGE_API_KEY")
+    if key == nil or key == "" then
+      error("ALPHAVANTAGE_API_KEY is not set: export it in tickerd's environment"
+        .. " (get a free key at https://www.alphavantage.co/support/#api-key)", 0)
+    end
+    local base = env.get("ALPHAVANTAGE_BASE_URL") or "https://www.alphavantage.co"
+    local res = http.get(base .. "/query", {
+      query = {
+        ["function"] = "TIME_SERIES_DAILY",
+        symbol = req.ticker,
+        outputsize = "full",   -- the whole history: one call serves any range
+        apikey = key,          -- error messages never show the query string
+      },
+      timeout = "12s",
+    })
+    if res.status ~= 200 then
+      errors.upstream("alphavantage answered " .. res.status)
+    end
+
+    local ok, doc = pcall(json.decode, res.body)
+    if not ok or type(doc) ~= "table" then
+      errors.upstream("alphavantage answered 200 with something that is not a JSON object")
+    end
+    if doc["Note"] or doc["Information"] then
+      errors.upstream("alphavantage refused the call: " .. tostring(doc["Note"] or doc["Information"]))
+    end
+    if doc["Error Message"] then
+      errors.no_data("alphavantage has no data for " .. req.ticker .. ": " .. tostring(doc["Error Message"]))
+    end
+    local series = doc["Time Series (Daily)"]
+    if type(series) ~= "table" then
+      errors.upstream("alphavantage answered without a \"Time Series (Daily)\"")
+    end
+
+    local bars = {}
+    for d, v in pairs(series) do
+      if d >= req.start_date and d <= req.end_date then
+        bars[#bars + 1] = {
+          date = d,
+          open = tonumber(v["1. open"]),
+          high = tonumber(v["2. high"]),
+          low = tonumber(v["3. low"]),
+          close = tonumber(v["4. close"]),
+          volume = tonumber(v["5. volume"]),
+        }
+      end
+    end
+    table.sort(bars, function(a, b) return a.date < b.date end)
+
+    local info = doc["Meta Data"] or {}
+    return { bars = bars, meta = { symbol = info["2. Symbol"], timezone = info["5. Time Zone"] } }
+  end,
+}
