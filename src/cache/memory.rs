@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use super::entry::{Envelope, Payload};
+use super::entry::Envelope;
 
 #[derive(Clone)]
 struct Stored {
@@ -50,10 +50,7 @@ impl MemoryLayer {
 
     pub fn insert(&self, key: &str, env: Arc<Envelope>, stale_window: Duration) {
         let ttl = Duration::from_millis(env.ttl_ms);
-        let keep_for = match env.payload {
-            Payload::Data(_) => ttl + stale_window,
-            Payload::NoData { .. } => ttl,
-        };
+        let keep_for = if env.is_data() { ttl + stale_window } else { ttl };
         self.entries.insert(key.to_owned(), Stored { env, keep_for });
     }
 

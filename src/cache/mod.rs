@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 
-pub use entry::{DataDoc, DecodeError, Envelope, Payload, now_ms};
+pub use entry::{DataBody, DataDoc, DecodeError, Envelope, Payload, now_ms};
 pub use fleet_lock::{LockGuard, Waited};
 pub use key::{CacheKey, KeySpace, Selector};
 pub use memory::MemoryLayer;
@@ -154,7 +154,7 @@ impl Cache {
         let stale = self.settings.load().stale_if_error;
         self.memory.insert(key.as_str(), Arc::clone(&env), stale);
         let ttl = Duration::from_millis(env.ttl_ms.max(1));
-        let keep_stale = matches!(env.payload, Payload::Data(_)) && !stale.is_zero();
+        let keep_stale = env.is_data() && !stale.is_zero();
         let bytes = env.encode();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")

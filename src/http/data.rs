@@ -74,6 +74,11 @@ pub async fn get_data(
             answer.to_json(),
         )
             .into_response(),
+        Format::Csv if answer.doc().is_none() => {
+            return Err(AppError::Internal(
+                "the cached document could not be read back; DELETE /v1/cache for this ticker and retry".into(),
+            ));
+        }
         Format::Csv => (
             [(
                 header::CONTENT_TYPE,

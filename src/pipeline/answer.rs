@@ -45,22 +45,20 @@ pub struct Answer {
 impl Answer {
     pub fn doc(&self) -> Option<&DataDoc> {
         match &self.env.payload {
-            Payload::Data(d) => Some(d),
+            Payload::Data(d) => d.doc(),
             Payload::NoData { .. } => None,
         }
     }
 
     /// The SPEC's JSON answer: the stored document plus the `cache` object.
     pub fn to_json(&self) -> Vec<u8> {
-        let Some(doc) = self.doc() else {
+        let Payload::Data(body) = &self.env.payload else {
             return b"{}".to_vec();
         };
-        let mut out = match serde_json::to_vec(doc) {
-            Ok(v) => v,
-            Err(_) => return b"{}".to_vec(),
-        };
-        // Replace the closing brace with the cache object.
-        out.pop();
+        let json = body.json();
+        let mut out = Vec::with_capacity(json.len() + 96);
+        // The stored document without its closing brace, then the cache object.
+        out.extend_from_slice(&json.as_bytes()[..json.len().saturating_sub(1)]);
         out.extend_from_slice(
             format!(
                 ",\"cache\":{{\"status\":\"{}\",\"layer\":\"{}\",\"age_s\":{},\"ttl_s\":{}}}}}",

@@ -153,7 +153,7 @@ impl Pipeline {
         };
         let now = now_ms();
         let within = found.env.age_ms(now) < found.env.ttl_ms + window.as_millis() as u64;
-        if !within || !matches!(found.env.payload, Payload::Data(_)) {
+        if !within || !found.env.is_data() {
             return Err(err);
         }
         pm.stale.inc();
@@ -272,7 +272,7 @@ impl Pipeline {
             meta: raw.meta,
             fetched_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        let env = Envelope::new(Payload::Data(doc), settings.ttl);
+        let env = Envelope::data(doc, settings.ttl);
         let layer = self.cache.write(key, p, t, Arc::clone(&env), pm).await;
         tracing::debug!(plugin = p, ticker = t, range = %req.range, took_ms = took.as_millis() as u64, layer = layer.as_str(), "fetched and cached");
         Ok((env, layer))
@@ -288,12 +288,7 @@ impl Pipeline {
     ) -> AppError {
         let ttl = self.cache.settings().negative_ttl;
         if !ttl.is_zero() {
-            let env = Envelope::new(
-                Payload::NoData {
-                    message: message.clone(),
-                },
-                ttl,
-            );
+            let env = Envelope::no_data(message.clone(), ttl);
             self.cache.write(key, plugin, ticker, env, pm).await;
         }
         AppError::NoData(message)

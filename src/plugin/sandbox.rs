@@ -5,8 +5,15 @@
 //! is re-exported in text mode only, because crafted bytecode can crash the VM.
 //! A global instruction hook enforces the current fetch's deadline; because it
 //! is global it also runs inside coroutines a plugin creates itself, and
-//! `pcall`/`xpcall`/`coroutine.resume` re-raise once the deadline has passed
-//! so a plugin cannot swallow its own timeout.
+//! `pcall`/`xpcall`/`coroutine.resume`/`coroutine.wrap` re-raise once the
+//! deadline has passed so a plugin cannot swallow its own timeout.
+//!
+//! An async host function (`http.*`) suspends by yielding mlua's internal
+//! "pending" marker up to the Rust poller. Called inside a coroutine the
+//! plugin created, that yield lands in the plugin's own `coroutine.resume`
+//! instead, which would hand the marker back as if it were a result; the
+//! `coroutine.resume`/`coroutine.wrap` wrappers recognise it, close that
+//! coroutine (dropping the request in flight) and raise a clear error.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -69,15 +76,50 @@ impl<F: Future> Future for Deadlined<F> {
 }
 
 const PRELUDE: &str = r##"
-local raw_pcall, raw_xpcall, raw_resume, raw_load, passed, log_info = ...
+local raw_pcall, raw_xpcall, raw_resume, raw_create, raw_close, raw_status,
+      raw_load, passed, log_info, pending = ...
 local select, error, tostring, type = select, error, tostring, type
+local IN_COROUTINE = "http.* cannot be called inside a coroutine you created "
+  .. "(coroutine.wrap/coroutine.resume); call it from fetch or from functions fetch calls"
 local function recheck(ok, ...)
   if not ok and passed() then error((...), 0) end
   return ok, ...
 end
+-- `co` yielded mlua's pending marker: an async host call is waiting inside it.
+local function suspended_in_host_call(co, ok, ...)
+  return ok and select("#", ...) == 1 and (...) == pending and raw_status(co) == "suspended"
+end
+-- Level 2 (through the tail calls below) is the plugin code that resumed `co`.
+local function resumed(co, ok, ...)
+  if not ok and passed() then error((...), 0) end
+  if suspended_in_host_call(co, ok, ...) then
+    raw_close(co)
+    error(IN_COROUTINE, 2)
+  end
+  return ok, ...
+end
+local function unwrapped(co, ok, ...)
+  if ok then
+    if suspended_in_host_call(co, ok, ...) then
+      raw_close(co)
+      error(IN_COROUTINE, 2)
+    end
+    return ...
+  end
+  -- Like the built-in wrap: close a failed coroutine's to-be-closed
+  -- variables, then propagate its error object unchanged (a timeout
+  -- stays a timeout).
+  local err = ...
+  if raw_status(co) == "dead" then raw_close(co) end
+  error(err, 0)
+end
 pcall = function(f, ...) return recheck(raw_pcall(f, ...)) end
 xpcall = function(f, h, ...) return recheck(raw_xpcall(f, h, ...)) end
-coroutine.resume = function(co, ...) return recheck(raw_resume(co, ...)) end
+coroutine.resume = function(co, ...) return resumed(co, raw_resume(co, ...)) end
+coroutine.wrap = function(f)
+  local co = raw_create(f)
+  return function(...) return unwrapped(co, raw_resume(co, ...)) end
+end
 load = function(chunk, name, mode, env)
   -- Text only, whatever the caller asks for: binary chunks can crash the VM.
   if env == nil then return raw_load(chunk, name, "t") end
@@ -141,18 +183,21 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
         tracing::info!(target: "tickerd::plugin", "{msg}");
         Ok(())
     })?;
+    let coroutine: mlua::Table = g.raw_get("coroutine")?;
     lua.load(PRELUDE)
         .set_name("=tickerd-prelude")
         .set_mode(mlua::chunk::ChunkMode::Text)
         .call::<()>((
             g.raw_get::<Value>("pcall")?,
             g.raw_get::<Value>("xpcall")?,
-            lua.globals()
-                .raw_get::<mlua::Table>("coroutine")?
-                .raw_get::<Value>("resume")?,
+            coroutine.raw_get::<Value>("resume")?,
+            coroutine.raw_get::<Value>("create")?,
+            coroutine.raw_get::<Value>("close")?,
+            coroutine.raw_get::<Value>("status")?,
             g.raw_get::<Value>("load")?,
             passed,
             log_info,
+            Lua::poll_pending(),
         ))?;
 
     lua.set_global_hook(
