@@ -48,7 +48,14 @@ impl Pipeline {
 
     /// Answers one request, counting it in the request metrics.
     pub async fn get(self: &Arc<Self>, req: &DataRequest) -> Result<Answer, AppError> {
-        let pm = self.metrics.plugin(req.plugin.as_str());
+        // Unknown names share one label value, so clients cannot grow the
+        // metric series without bound ("(unknown)" is not a valid plugin name).
+        let label = if self.registry.get(req.plugin.as_str()).is_some() {
+            req.plugin.as_str()
+        } else {
+            "(unknown)"
+        };
+        let pm = self.metrics.plugin(label);
         let started = Instant::now();
         pm.requests.inc();
         let res = self.answer(req, &pm).await;
