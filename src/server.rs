@@ -33,6 +33,7 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
         }
     };
     daemon.cache.redis().spawn_supervisor();
+    daemon.cache.start_l1();
     let report = daemon.start().await;
     crate::reload::spawn_sighup(Arc::clone(&daemon));
     let _watch = match crate::reload::watch(Arc::clone(&daemon)) {

@@ -4,6 +4,7 @@
 mod entry;
 mod fleet_lock;
 mod key;
+mod l1;
 mod memory;
 mod redis_store;
 
@@ -16,6 +17,7 @@ use futures::FutureExt;
 pub use entry::{DataBody, DataDoc, DecodeError, Envelope, Payload, now_ms};
 pub use fleet_lock::{LockGuard, Waited};
 pub use key::{CacheKey, KeySpace, Selector};
+pub use l1::{Invalidation, L1};
 pub use memory::MemoryLayer;
 pub use redis_store::{Conn, RedisStore, StoreError};
 
@@ -27,6 +29,8 @@ use crate::model::DateRange;
 pub enum Layer {
     Redis,
     Memory,
+    /// The optional in-process hot cache in front of Redis (`cache.l1_ttl`).
+    L1,
 }
 
 impl Layer {
@@ -34,6 +38,7 @@ impl Layer {
         match self {
             Layer::Redis => "redis",
             Layer::Memory => "memory",
+            Layer::L1 => "l1",
         }
     }
 }
@@ -49,6 +54,7 @@ pub struct Cache {
     space: KeySpace,
     redis: Arc<RedisStore>,
     memory: MemoryLayer,
+    l1: Option<Arc<L1>>,
     settings: ArcSwap<CacheConfig>,
     metrics: Arc<Metrics>,
 }
@@ -63,6 +69,7 @@ impl Cache {
         Self {
             space,
             memory: MemoryLayer::new(cache_cfg.memory_max_entries),
+            l1: (!cache_cfg.l1_ttl.is_zero()).then(|| Arc::new(L1::new(cache_cfg.l1_ttl, cache_cfg.l1_max_entries))),
             redis: RedisStore::new(redis_cfg, Arc::clone(&metrics)),
             settings: ArcSwap::from_pointee(cache_cfg),
             metrics,
@@ -94,7 +101,63 @@ impl Cache {
     /// A value that does not decode counts as a cache error and reads as absent,
     /// so the caller fetches and overwrites it.
     pub async fn read(&self, key: &CacheKey, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
-        self.read_at(key.as_str(), range, pm).await
+        if let Some(l1) = &self.l1
+            && let Some(env) = l1.get(key)
+            && env.is_fresh(now_ms())
+        {
+            return Some(Found { env, layer: Layer::L1 });
+        }
+        let found = self.read_at(key.as_str(), range, pm).await;
+        if let (Some(l1), Some(f)) = (&self.l1, &found)
+            && f.layer == Layer::Redis
+            && f.env.is_fresh(now_ms())
+        {
+            l1.insert(key, &f.env);
+        }
+        found
+    }
+
+    /// `off` (not configured), `active`, or `bypassed` (not subscribed).
+    pub fn l1_state(&self) -> &'static str {
+        match &self.l1 {
+            None => "off",
+            Some(l1) if l1.is_active() => "active",
+            Some(_) => "bypassed",
+        }
+    }
+
+    /// Subscribes the L1 (if configured) to invalidations; `serve` calls this.
+    pub fn start_l1(&self) {
+        if let Some(l1) = &self.l1 {
+            let cfg = self.redis.config();
+            let url = cfg.nodes.first().cloned().unwrap_or_else(|| cfg.url.clone());
+            l1.spawn_listener(url, self.space.clone(), cfg.backoff);
+        }
+    }
+
+    /// Tells every daemon's L1 that `key` was rewritten (a `refresh`).
+    pub async fn announce_rewrite(&self, key: &CacheKey) {
+        if let Some(l1) = &self.l1 {
+            self.publish(l1.message_for_key(key)).await;
+        }
+    }
+
+    async fn publish(&self, msg: Invalidation) {
+        let Ok(bytes) = serde_json::to_vec(&msg) else { return };
+        let channel = self.space.invalidation_channel();
+        let _ = self
+            .redis
+            .call("PUBLISH", move |mut c| {
+                async move {
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(bytes)
+                        .query_async::<i64>(&mut c)
+                        .await
+                }
+                .boxed()
+            })
+            .await;
     }
 
     /// Reads the stale-if-error copy of `key`.
@@ -206,7 +269,12 @@ impl Cache {
             }
         }
         match res {
-            Ok(()) => Layer::Redis,
+            Ok(()) => {
+                if let Some(l1) = &self.l1 {
+                    l1.insert(key, &env);
+                }
+                Layer::Redis
+            }
             Err(e) => {
                 if !matches!(e, StoreError::Skipped) {
                     pm.errors.inc();
@@ -237,6 +305,10 @@ impl Cache {
         let mem_removed = self
             .memory
             .remove_matching(move |k| CacheKey::from(k.to_owned()).matches(&space, &s));
+        if let Some(l1) = &self.l1 {
+            l1.remove_matching(&self.space, sel);
+            self.publish(l1.message_for_selector(sel)).await;
+        }
 
         let plugins: Vec<String> = match &sel.plugin {
             Some(p) => vec![p.to_string()],

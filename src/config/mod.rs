@@ -398,7 +398,9 @@ fn resolve_cache(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) ->
         stale_if_error: dur(&c.stale_if_error, "cache.stale_if_error", Duration::from_secs(86400))?,
         negative_ttl: dur(&c.negative_ttl, "cache.negative_ttl", Duration::from_secs(60))?,
         memory_max_entries,
-        l1_ttl: dur(&c.l1_ttl, "cache.l1_ttl", Duration::from_secs(1))?,
+        // Off unless asked for: with L1 on, a value changed in Redis by hand
+        // (not through tickerd) is seen only after l1_ttl.
+        l1_ttl: dur(&c.l1_ttl, "cache.l1_ttl", Duration::ZERO)?,
         l1_max_entries: c.l1_max_entries.unwrap_or(10_000),
     })
 }

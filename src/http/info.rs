@@ -42,20 +42,21 @@ pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> 
 
 pub async fn stats(State(d): State<AppState>) -> Json<Value> {
     let t = d.metrics.totals();
-    let lookups = t.hits_redis + t.hits_memory + t.misses;
+    let lookups = t.hits_redis + t.hits_memory + t.hits_l1 + t.misses;
     let hit_rate = if lookups == 0 {
         0.0
     } else {
-        (t.hits_redis + t.hits_memory) as f64 / lookups as f64
+        (t.hits_redis + t.hits_memory + t.hits_l1) as f64 / lookups as f64
     };
     Json(json!({
-        "hits": {"redis": t.hits_redis, "memory": t.hits_memory},
+        "hits": {"redis": t.hits_redis, "memory": t.hits_memory, "l1": t.hits_l1},
         "misses": t.misses,
         "errors": t.errors,
         "hit_rate": hit_rate,
         "stale_served": t.stale,
         "coalesced": t.coalesced,
         "memory_entries": d.cache.memory_entries(),
+        "l1": d.cache.l1_state(),
         "redis": if d.cache.redis().is_up() { "up" } else { "down" },
         "plugins_loaded": d.metrics.plugins_loaded.get(),
         "inflight_fetches": d.pipeline.inflight_fetches(),

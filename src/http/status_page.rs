@@ -69,11 +69,14 @@ pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Html<St
         .unwrap_or_else(|| "AAPL".into());
 
     let t = d.metrics.totals();
-    let lookups = t.hits_redis + t.hits_memory + t.misses;
+    let lookups = t.hits_redis + t.hits_memory + t.hits_l1 + t.misses;
     let ratio = if lookups == 0 {
         "n/a".to_owned()
     } else {
-        format!("{:.1}%", 100.0 * (t.hits_redis + t.hits_memory) as f64 / lookups as f64)
+        format!(
+            "{:.1}%",
+            100.0 * (t.hits_redis + t.hits_memory + t.hits_l1) as f64 / lookups as f64
+        )
     };
     let redis = if d.cache.redis().is_up() { "up" } else { "down" };
 
@@ -166,7 +169,7 @@ table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .8rem; border-bo
 <p><a href="/metrics">metrics</a> · <a href="/v1/stats">stats</a> · <a href="/v1/plugins">plugins (JSON)</a></p>
 </body></html>
 "##,
-        hits = t.hits_redis + t.hits_memory,
+        hits = t.hits_redis + t.hits_memory + t.hits_l1,
         misses = t.misses,
         stale = t.stale,
         mem = d.cache.memory_entries(),

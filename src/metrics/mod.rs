@@ -36,6 +36,7 @@ pub struct Metrics {
 pub struct Totals {
     pub hits_redis: u64,
     pub hits_memory: u64,
+    pub hits_l1: u64,
     pub misses: u64,
     pub errors: u64,
     pub stale: u64,
@@ -55,10 +56,20 @@ pub struct PluginMetrics {
     pub stale: IntCounter,
     pub coalesced: IntCounter,
     failure: IntCounterVec,
+    hits: IntCounterVec,
+    l1: std::sync::OnceLock<IntCounter>,
     plugin: String,
 }
 
 impl PluginMetrics {
+    /// L1 hits get their own `cache_type="l1"` series, created on first use
+    /// so it only appears where L1 is configured.
+    pub fn hit_l1(&self) {
+        self.l1
+            .get_or_init(|| self.hits.with_label_values(&[&self.plugin, "l1"]))
+            .inc();
+    }
+
     pub fn failure(&self, reason: &str) {
         self.failure.with_label_values(&[&self.plugin, reason]).inc();
     }
@@ -191,6 +202,8 @@ impl Metrics {
             stale: self.stale_served.with_label_values(&[plugin]),
             coalesced: self.coalesced.with_label_values(&[plugin]),
             failure: self.requests_failure.clone(),
+            hits: self.cache_hits.clone(),
+            l1: std::sync::OnceLock::new(),
             plugin: plugin.to_owned(),
         });
         if let Ok(mut g) = self.per_plugin.write() {
@@ -218,6 +231,7 @@ impl Metrics {
             for m in map.values() {
                 t.hits_redis += m.hits_redis.get();
                 t.hits_memory += m.hits_memory.get();
+                t.hits_l1 += m.l1.get().map(|c| c.get()).unwrap_or(0);
                 t.misses += m.misses.get();
                 t.errors += m.errors.get();
                 t.stale += m.stale.get();

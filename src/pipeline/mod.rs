@@ -96,6 +96,7 @@ impl Pipeline {
                 match found.layer {
                     Layer::Redis => pm.hits_redis.inc(),
                     Layer::Memory => pm.hits_memory.inc(),
+                    Layer::L1 => pm.hit_l1(),
                 }
                 if let Payload::NoData { message } = &found.env.payload {
                     return Err(AppError::NoData(message.clone()));
@@ -281,6 +282,9 @@ impl Pipeline {
         };
         let env = Envelope::data(doc, settings.ttl);
         let layer = self.cache.write(key, p, t, Arc::clone(&env), pm).await;
+        if req.refresh {
+            self.cache.announce_rewrite(key).await;
+        }
         tracing::debug!(plugin = p, ticker = t, range = %req.range, took_ms = took.as_millis() as u64, layer = layer.as_str(), "fetched and cached");
         Ok((env, layer))
     }
