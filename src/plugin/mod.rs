@@ -174,7 +174,9 @@ impl Plugin {
                 self.name
             )));
         };
-        let (rx, _guard) = worker.submit(args, remaining);
+        // The deadline counts the wait for a permit; messages name the
+        // configured timeout, not what was left of it.
+        let (rx, _guard) = worker.submit(args, started + s.timeout, s.timeout);
         match tokio::time::timeout(remaining + WEDGE_GRACE, rx).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(AppError::PluginError(format!(

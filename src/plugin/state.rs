@@ -101,8 +101,9 @@ impl PluginState {
 
     /// Runs `fetch(req)` as a Lua coroutine so host calls can await without
     /// blocking the thread; the deadline covers Lua code and host calls alike.
-    pub async fn fetch(&self, args: &FetchArgs, timeout: Duration) -> Result<RawOutput, AppError> {
-        let deadline = Instant::now() + timeout;
+    /// `limit` is the plugin's configured timeout, which messages name (the
+    /// deadline itself already counts time spent waiting for a permit).
+    pub async fn fetch(&self, args: &FetchArgs, deadline: Instant, limit: Duration) -> Result<RawOutput, AppError> {
         let run = async {
             let req = self.lua.create_table()?;
             req.raw_set("ticker", args.ticker.as_str())?;
@@ -113,14 +114,15 @@ impl PluginState {
             let thread = self.lua.create_thread(self.fetch.clone())?;
             thread.into_async::<Value>(req)?.await
         };
-        let limit = humantime::format_duration(timeout);
-        let value = match tokio::time::timeout(timeout, Deadlined::new(run, deadline, timeout)).await {
+        let at = tokio::time::Instant::from_std(deadline);
+        let value = match tokio::time::timeout_at(at, Deadlined::new(run, deadline, limit)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return Err(self.classify(&e)),
             Err(_) => {
                 return Err(AppError::PluginTimeout(format!(
-                    "plugin {}: fetch did not finish within its timeout of {limit}",
-                    self.plugin
+                    "plugin {}: fetch did not finish within its timeout of {}",
+                    self.plugin,
+                    humantime::format_duration(limit)
                 )));
             }
         };
@@ -145,19 +147,29 @@ impl PluginState {
             }
             if let Some(mlua::Error::MemoryError(_)) = cause.downcast_ref::<mlua::Error>() {
                 return AppError::PluginError(format!(
-                    "plugin {p}: memory limit of {} MiB reached{}",
-                    self.memory_limit / (1024 * 1024),
+                    "plugin {p}: memory limit of {} reached{}",
+                    size(self.memory_limit),
                     lua_location(e).map(|l| format!(" (at {l})")).unwrap_or_default()
                 ));
             }
         }
         if let mlua::Error::MemoryError(_) = e {
             return AppError::PluginError(format!(
-                "plugin {p}: memory limit of {} MiB reached",
-                self.memory_limit / (1024 * 1024)
+                "plugin {p}: memory limit of {} reached",
+                size(self.memory_limit)
             ));
         }
-        AppError::PluginError(format!("plugin {p}: {}", flatten(e)))
+        let flat = flatten(e);
+        // A memory error that Lua code caught (`pcall`, `coroutine.resume`)
+        // and raised again arrives as a plain runtime error carrying Lua's
+        // memory error message.
+        if flat.ends_with("not enough memory") {
+            return AppError::PluginError(format!(
+                "plugin {p}: memory limit of {} reached ({flat})",
+                size(self.memory_limit)
+            ));
+        }
+        AppError::PluginError(format!("plugin {p}: {flat}"))
     }
 }
 
@@ -177,6 +189,19 @@ fn flatten(e: &mlua::Error) -> String {
         mlua::Error::SyntaxError { message, .. } => first_line(message),
         mlua::Error::ExternalError(x) => x.to_string(),
         other => first_line(&other.to_string()),
+    }
+}
+
+/// `16 MiB`, `512 KiB` or `1000 bytes`, as a limit was most likely written.
+fn size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes % KIB == 0 {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 
@@ -206,6 +231,13 @@ fn first_lua_frame(traceback: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_sizes_as_written() {
+        assert_eq!(size(64 * 1024 * 1024), "64 MiB");
+        assert_eq!(size(512 * 1024), "512 KiB");
+        assert_eq!(size(1000), "1000 bytes");
+    }
 
     #[test]
     fn locates_lua_messages() {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,7 +21,9 @@ use crate::error::AppError;
 
 struct Job {
     args: FetchArgs,
-    timeout: Duration,
+    deadline: Instant,
+    /// The plugin's configured timeout, for messages.
+    limit: Duration,
     reply: oneshot::Sender<Result<RawOutput, AppError>>,
 }
 
@@ -78,7 +80,7 @@ impl Worker {
                     let st = std::rc::Rc::clone(&state);
                     let mem = Arc::clone(&mem);
                     tasks.spawn_local(async move {
-                        let res = st.fetch(&job.args, job.timeout).await;
+                        let res = st.fetch(&job.args, job.deadline, job.limit).await;
                         mem.store(st.used_memory(), Ordering::Relaxed);
                         let _ = job.reply.send(res);
                     });
@@ -138,13 +140,19 @@ impl Worker {
     pub fn submit(
         &self,
         args: FetchArgs,
-        timeout: Duration,
+        deadline: Instant,
+        limit: Duration,
     ) -> (oneshot::Receiver<Result<RawOutput, AppError>>, InflightGuard) {
         let (reply, rx) = oneshot::channel();
         self.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightGuard(Arc::clone(&self.inflight));
         // A send error means the thread is gone; the caller sees a closed receiver.
-        let _ = self.tx.send(Job { args, timeout, reply });
+        let _ = self.tx.send(Job {
+            args,
+            deadline,
+            limit,
+            reply,
+        });
         (rx, guard)
     }
 }

@@ -1,0 +1,101 @@
+//! Load helpers for `bench/run.sh` (not part of the daemon).
+//!
+//! `loadgen storm URL N`: N concurrent GETs of one URL, released together;
+//! prints status counts and latency percentiles.
+//! `loadgen reload FILE URL N`: N times, rewrite the plugin FILE with a new
+//! marker and time until URL (use `refresh=true`) serves it; prints the median.
+
+use std::time::{Duration, Instant};
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn storm(url: String, n: usize) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(n)
+        .build()
+        .expect("client");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (c, u, b) = (client.clone(), url.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            b.wait().await;
+            let t = Instant::now();
+            let s = c.get(&u).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+            (s, t.elapsed())
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok((s, d)) = t.await {
+            ok += usize::from(s == 200);
+            lat.push(d);
+        }
+    }
+    lat.sort();
+    println!(
+        "storm requests={n} ok={ok} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+async fn reload(file: String, url: String, n: usize) {
+    let client = reqwest::Client::new();
+    let template = std::fs::read_to_string(&file).expect("plugin file");
+    let mut times = Vec::new();
+    for i in 0..n {
+        let marker = format!("reload-{}-{i}", std::process::id());
+        std::fs::write(&file, template.replace("MARKER", &marker)).expect("write plugin");
+        let t = Instant::now();
+        loop {
+            let body = client
+                .get(&url)
+                .send()
+                .await
+                .expect("GET")
+                .text()
+                .await
+                .unwrap_or_default();
+            if body.contains(&marker) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                eprintln!("save {i} not served within 10 s");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    times.sort();
+    println!(
+        "reload saves={n} median_ms={:.1} p90_ms={:.1} max_ms={:.1}",
+        pct(&times, 0.5).as_secs_f64() * 1e3,
+        pct(&times, 0.9).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["storm", url, n] => storm(url.to_string(), n.parse().expect("N")).await,
+        ["reload", file, url, n] => reload(file.to_string(), url.to_string(), n.parse().expect("N")).await,
+        _ => {
+            eprintln!("usage: loadgen storm URL N | loadgen reload FILE URL N");
+            std::process::exit(2);
+        }
+    }
+}
