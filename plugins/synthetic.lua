@@ -21,6 +21,8 @@ local function noise(seed, n)
   return (x % 1000003) / 1000003
 end
 
+local function r(x) return math.floor(x * 100 + 0.5) / 100 end
+
 return {
   description = "Deterministic offline daily bars (business days only), for trying tickerd and for tests",
   ttl = "24h",
@@ -34,15 +36,14 @@ return {
     local last = date.parse(req.end_date)
     local bars = {}
     for t = first, last, 86400 do
-      local wday = os.date("!*t", t).wday    -- 1 = Sunday, 7 = Saturday
-      if wday ~= 1 and wday ~= 7 then
-        local day = t // 86400
+      local day = t // 86400
+      local wday = (day + 4) % 7             -- 1970-01-01 was a Thursday; 0 = Sunday, 6 = Saturday
+      if wday ~= 0 and wday ~= 6 then
         local trend = base * (1 + 0.25 * math.sin(day / 90 + seed % 7))
         local open = trend * (0.98 + 0.04 * noise(seed, day * 4))
         local close = trend * (0.98 + 0.04 * noise(seed, day * 4 + 1))
         local high = math.max(open, close) * (1 + 0.02 * noise(seed, day * 4 + 2))
         local low = math.min(open, close) * (1 - 0.02 * noise(seed, day * 4 + 3))
-        local r = function(x) return math.floor(x * 100 + 0.5) / 100 end
         bars[#bars + 1] = {
           date = date.format(t),
           open = r(open), high = r(high), low = r(low), close = r(close),

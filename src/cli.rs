@@ -108,9 +108,10 @@ pub fn main() -> ExitCode {
     } else {
         config.log.clone()
     };
-    if let Err(e) = crate::logging::init(&filter, config.log_format) {
-        return usage_error(e);
-    }
+    let _log_guard = match crate::logging::init(&filter, config.log_format) {
+        Ok(g) => g,
+        Err(e) => return usage_error(e),
+    };
     match cli.command {
         Command::Serve { .. } => {
             let rt = match runtime() {

@@ -68,18 +68,26 @@ impl Cache {
     pub async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<LockGuard>, StoreError> {
         let lock_key = self.keys().lock(key);
         let token = format!("{:032x}", rand::rng().random::<u128>());
-        let (lk, tk) = (lock_key.clone(), token.clone());
-        let got: Option<String> = self
+        let (lk, tk, ek) = (lock_key.clone(), token.clone(), error_key(key));
+        // One round trip: take the lock and clear an earlier holder's failure
+        // marker so it cannot reach the waiters of this fetch. (If the lock is
+        // not ours the marker is either not written yet or about to be
+        // superseded by the next holder.)
+        let (got,): (Option<String>,) = self
             .redis()
             .call("SET NX", move |mut c| {
                 async move {
-                    redis::cmd("SET")
+                    redis::pipe()
+                        .cmd("SET")
                         .arg(&lk)
                         .arg(&tk)
                         .arg("NX")
                         .arg("PX")
                         .arg(ttl.as_millis().max(1) as u64)
-                        .query_async::<Option<String>>(&mut c)
+                        .cmd("DEL")
+                        .arg(&ek)
+                        .ignore()
+                        .query_async(&mut c)
                         .await
                 }
                 .boxed()
@@ -88,14 +96,6 @@ impl Cache {
         if got.is_none() {
             return Ok(None);
         }
-        // A failure marker from an earlier holder must not reach our waiters.
-        let ek = error_key(key);
-        let _ = self
-            .redis()
-            .call("DEL", move |mut c| {
-                async move { redis::cmd("DEL").arg(ek).query_async::<()>(&mut c).await }.boxed()
-            })
-            .await;
         Ok(Some(LockGuard { lock_key, token }))
     }
 

@@ -78,58 +78,65 @@ pub fn read_output(lua: &Lua, v: Value) -> Result<RawOutput, String> {
     Ok(RawOutput { bars, meta })
 }
 
+/// One pass over the bar's fields: cheaper than a lookup per known field
+/// followed by a second walk for the extras.
 fn read_bar(b: &Table, index: usize) -> Result<Bar, String> {
-    let date = match b.raw_get::<Value>("date").map_err(|e| e.to_string())? {
-        Value::String(s) => {
-            let s = s.to_string_lossy();
-            parse_date("date", &s).map_err(|e| format!("bars[{index}].date: {}", e.message))?
-        }
-        Value::Nil => return Err(format!("bars[{index}].date: missing; use \"YYYY-MM-DD\"")),
-        other => {
-            return Err(format!(
-                "bars[{index}].date: expected a \"YYYY-MM-DD\" string, got {} (date.format(unix) makes one)",
-                other.type_name()
-            ));
-        }
-    };
-    let get = |f: &str| b.raw_get::<Value>(f).map_err(|e| e.to_string());
-    let open = number(&get("open")?, index, "open")?;
-    let high = number(&get("high")?, index, "high")?;
-    let low = number(&get("low")?, index, "low")?;
-    let close = number(&get("close")?, index, "close")?;
-    let volume = match get("volume")? {
-        Value::Nil => None,
-        v => Some(number(&v, index, "volume")?),
-    };
+    let mut date = None;
+    let (mut open, mut high, mut low, mut close, mut volume) = (None, None, None, None, None);
     let mut extra = BTreeMap::new();
     for pair in b.pairs::<Value, Value>() {
         let (k, v) = pair.map_err(|e| e.to_string())?;
         let Value::String(k) = k else {
             return Err(format!("bars[{index}]: keys must be field names"));
         };
-        let k = k.to_string_lossy();
-        if matches!(k.as_str(), "date" | "open" | "high" | "low" | "close" | "volume") {
-            continue;
-        }
-        let x = match v {
-            Value::Integer(i) => ExtraValue::Number(i as f64),
-            Value::Number(n) => ExtraValue::Number(n),
-            Value::String(s) => ExtraValue::Text(s.to_string_lossy()),
+        let key = k
+            .to_str()
+            .map_err(|_| format!("bars[{index}]: a field name is not UTF-8"))?;
+        match &*key {
+            "date" => date = Some(v),
+            "open" => open = Some(number(&v, index, "open")?),
+            "high" => high = Some(number(&v, index, "high")?),
+            "low" => low = Some(number(&v, index, "low")?),
+            "close" => close = Some(number(&v, index, "close")?),
+            "volume" => volume = Some(number(&v, index, "volume")?),
             other => {
-                return Err(format!(
-                    "bars[{index}].{k}: extra fields must be numbers or strings, got {}",
-                    other.type_name()
-                ));
+                let x = match v {
+                    Value::Integer(i) => ExtraValue::Number(i as f64),
+                    Value::Number(n) => ExtraValue::Number(n),
+                    Value::String(s) => ExtraValue::Text(s.to_string_lossy()),
+                    v => {
+                        return Err(format!(
+                            "bars[{index}].{other}: extra fields must be numbers or strings, got {}",
+                            v.type_name()
+                        ));
+                    }
+                };
+                extra.insert(other.to_owned(), x);
             }
-        };
-        extra.insert(k, x);
+        }
     }
+    let date = match date {
+        Some(Value::String(s)) => {
+            let s = s.to_str().map_err(|_| format!("bars[{index}].date: not UTF-8"))?;
+            parse_date("date", &s).map_err(|e| format!("bars[{index}].date: {}", e.message))?
+        }
+        None => return Err(format!("bars[{index}].date: missing; use \"YYYY-MM-DD\"")),
+        Some(other) => {
+            return Err(format!(
+                "bars[{index}].date: expected a \"YYYY-MM-DD\" string, got {} (date.format(unix) makes one)",
+                other.type_name()
+            ));
+        }
+    };
+    let required = |v: Option<f64>, field: &str| {
+        v.ok_or_else(|| format!("bars[{index}].{field}: missing; every bar needs a number here"))
+    };
     Ok(Bar {
         date,
-        open,
-        high,
-        low,
-        close,
+        open: required(open, "open")?,
+        high: required(high, "high")?,
+        low: required(low, "low")?,
+        close: required(close, "close")?,
         volume,
         extra,
     })

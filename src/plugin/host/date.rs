@@ -28,7 +28,8 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
             }
             let dt = DateTime::from_timestamp(secs.floor() as i64, 0)
                 .ok_or_else(|| mlua::Error::runtime(format!("date.format: {ts} is out of range")))?;
-            Ok(dt.format("%Y-%m-%d").to_string())
+            // NaiveDate's Display is YYYY-MM-DD, without parsing a format string per call.
+            Ok(dt.date_naive().to_string())
         })?,
     )?;
     lua.globals().raw_set("date", t)
