@@ -50,6 +50,22 @@ return {
   end,
 }
 LUA
+cat > "$PLUGINS/flat30.lua" <<'LUA'
+-- 30 bars without I/O and almost no work of its own: measures tickerd's
+-- per-call overhead (HTTP, single-flight, Lua call, contract check, cache write).
+return {
+  ttl = "1h",
+  fetch = function(req)
+    local t0 = date.parse(req.start_date)
+    local bars = {}
+    for i = 0, 29 do
+      local p = 100 + i
+      bars[i + 1] = { date = date.format(t0 + i * 86400), open = p, high = p + 1, low = p - 1, close = p + 0.5, volume = 1000 + i }
+    end
+    return { bars = bars }
+  end,
+}
+LUA
 cat > "$WORK/reload.lua.template" <<'LUA'
 return {
   ttl = "1h",
@@ -127,6 +143,19 @@ wrk -t2 -c64 -d"$DURATION" -s "$WORK/refresh.lua" "$DURL" >/dev/null
 T1=$(date +%s.%N)
 AFTER=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="synthetic"')
 CALLS_PER_S=$(python3 -c "print(int(($AFTER-$BEFORE)/($T1-$T0)))")
+cat > "$WORK/flat.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/v1/data/flat30/F" .. counter .. "?start=2024-01-01&end=2024-01-30&refresh=true")
+end
+LUA
+BEFORE=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="flat30"')
+T0=$(date +%s.%N)
+wrk -t2 -c64 -d"$DURATION" -s "$WORK/flat.lua" "$DURL" >/dev/null
+T1=$(date +%s.%N)
+AFTER=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="flat30"')
+FLAT_PER_S=$(python3 -c "print(int(($AFTER-$BEFORE)/($T1-$T0)))")
 BARS=$(curl -s "$DURL/v1/data/synthetic/R1?start=2024-01-01&end=2024-02-09" | python3 -c 'import json,sys;print(len(json.load(sys.stdin)["bars"]))')
 
 cp "$WORK/reload.lua.template" "$PLUGINS/reload.lua"
@@ -168,7 +197,8 @@ printf '%-44s %14s %14s %8s\n' "hit path, req/s (TICKERD_LOG=warn)" "$HIT_RPS_QU
 printf '%-44s %14s %14s %8s\n' "hit path with L1 (l1_ttl=1s), req/s" "$L1_RPS" "$REDIS_RPS" "$(ratio "$L1_RPS" "$REDIS_RPS")"
 printf '%-44s %14s\n' "miss storm: 1000 concurrent, one cold key" "$STORM"
 printf "%-44s %14s   (the plugin's own latency: %s ms)\n" "miss storm: plugin calls" "$STORM_CALLS" "$STORM_SUM"
-printf '%-44s %14s   (%s bars, no I/O, refresh=true)\n' "plugin overhead: calls/s" "$CALLS_PER_S" "$BARS"
+printf '%-44s %14s   (flat30: 30 bars, no I/O, refresh=true)\n' "plugin overhead: calls/s" "$FLAT_PER_S"
+printf '%-44s %14s   (synthetic: %s bars computed per call)\n' "synthetic plugin, refresh: calls/s" "$CALLS_PER_S" "$BARS"
 printf '%-44s %s\n' "reload: save to serve" "$RELOAD"
 printf '%-44s %11s KiB\n' "idle RSS, bundled plugins" "$IDLE_RSS"
 printf '%-44s %11s KiB -> %s KiB  (%s memory entries, bound 10000)\n' "RSS before/after ${LOAD_REQUESTS} req over 100k keys" "$RSS_BEFORE_LOAD" "$RSS_AFTER_LOAD" "$MEM_ENTRIES"

@@ -25,6 +25,10 @@ async fn storm(url: String, n: usize) {
     for _ in 0..n {
         let (c, u, b) = (client.clone(), url.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
+            // Open this client's keep-alive connection first, so the storm
+            // measures the cold key, not 1000 TCP handshakes.
+            let health = format!("{}/healthz", u.split("/v1/").next().unwrap_or(&u));
+            let _ = c.get(&health).send().await.map(|r| r.bytes());
             b.wait().await;
             let t = Instant::now();
             let s = c.get(&u).send().await.map(|r| r.status().as_u16()).unwrap_or(0);

@@ -17,8 +17,10 @@ pub fn parse_date(field: &'static str, raw: &str) -> Result<NaiveDate, InvalidFi
             format!("{raw:?} is not a date; use YYYY-MM-DD"),
         ));
     }
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .map_err(|_| InvalidField::new(field, format!("{raw:?} is not a calendar date (YYYY-MM-DD)")))
+    // The shape is checked above, so the parts are digits: no format-string parsing per call.
+    let num = |r: std::ops::Range<usize>| raw[r].parse::<u32>().unwrap_or(0);
+    NaiveDate::from_ymd_opt(num(0..4) as i32, num(5..7), num(8..10))
+        .ok_or_else(|| InvalidField::new(field, format!("{raw:?} is not a calendar date (YYYY-MM-DD)")))
 }
 
 /// An inclusive range of trading dates with `start <= end`.
