@@ -100,6 +100,11 @@ async fn concurrent_misses_across_two_daemons_make_one_upstream_call() {
     }
     let calls = fetch_count(&a, "slow").await + fetch_count(&b, "slow").await;
     assert_eq!(calls, 1.0, "one upstream call for the whole fleet");
+    // The lock went away with the write (released in the same round trip).
+    let mut c = redis.conn();
+    let lock = format!("{prefix}:slow:1:AAPL:2024-01-02:2024-01-02:lock");
+    let exists: bool = redis::cmd("EXISTS").arg(&lock).query(&mut c).unwrap();
+    assert!(!exists, "{lock} was released");
 }
 
 #[tokio::test]

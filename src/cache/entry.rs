@@ -46,8 +46,8 @@ pub struct DataBody {
 
 impl DataBody {
     pub fn from_doc(doc: DataDoc) -> Self {
-        let text = serde_json::to_string(&doc).unwrap_or_else(|_| "{}".into());
-        let json = RawValue::from_string(text).unwrap_or_else(|_| empty_object());
+        // Serialised straight into a RawValue: no second pass to re-validate.
+        let json = serde_json::value::to_raw_value(&doc).unwrap_or_else(|_| empty_object());
         let parsed = OnceLock::new();
         let _ = parsed.set(Some(doc));
         Self { json, parsed }

@@ -24,6 +24,7 @@ const RELEASE: &str =
 /// How long waiters poll between looks at the key.
 const POLL: Duration = Duration::from_millis(15);
 
+#[derive(Clone)]
 pub struct LockGuard {
     lock_key: String,
     token: String,
@@ -97,6 +98,17 @@ impl Cache {
             return Ok(None);
         }
         Ok(Some(LockGuard { lock_key, token }))
+    }
+
+    /// Appends the compare-and-delete release to a pipeline, so the cache
+    /// write and the unlock share one round trip.
+    pub fn release_in(pipe: &mut redis::Pipeline, guard: &LockGuard) {
+        pipe.cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(&guard.lock_key)
+            .arg(&guard.token)
+            .ignore();
     }
 
     pub async fn unlock(&self, guard: LockGuard) {

@@ -213,6 +213,7 @@ impl Cache {
         ticker: &str,
         env: Arc<Envelope>,
         pm: &PluginMetrics,
+        release: Option<&LockGuard>,
     ) -> Layer {
         let stale = self.settings.load().stale_if_error;
         self.memory.insert(key.as_str(), Arc::clone(&env), stale);
@@ -246,6 +247,9 @@ impl Cache {
                 .arg(ticker)
                 .ignore();
             pipe.cmd("SADD").arg(self.space.plugins_index()).arg(plugin).ignore();
+        }
+        if let Some(g) = release {
+            Cache::release_in(&mut pipe, g);
         }
         let res = self
             .redis

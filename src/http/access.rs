@@ -33,29 +33,24 @@ pub async fn log_request(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let mut resp = next.run(req).await;
     let took = started.elapsed();
-    if tracing::enabled!(target: "tickerd::access", tracing::Level::INFO) {
-        let (plugin, ticker) = match path.strip_prefix("/v1/data/").and_then(|r| r.split_once('/')) {
-            Some((p, t)) => (p, t),
-            None => ("", ""),
-        };
-        let cache = resp
+    let (plugin, ticker) = match path.strip_prefix("/v1/data/").and_then(|r| r.split_once('/')) {
+        Some((p, t)) => (p, t),
+        None => ("", ""),
+    };
+    crate::logging::access(&crate::logging::AccessLine {
+        request_id: id.to_str().unwrap_or(""),
+        method: method.as_str(),
+        path: &path,
+        plugin,
+        ticker,
+        cache: resp
             .headers()
             .get("x-cache")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::info!(
-            target: "tickerd::access",
-            request_id = id.to_str().unwrap_or(""),
-            method = %method,
-            path = %path,
-            plugin,
-            ticker,
-            cache,
-            status = resp.status().as_u16(),
-            duration_ms = took.as_secs_f64() * 1000.0,
-            "request"
-        );
-    }
+            .unwrap_or(""),
+        status: resp.status().as_u16(),
+        duration_ms: took.as_secs_f64() * 1000.0,
+    });
     resp.headers_mut().insert("x-request-id", id);
     resp
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 pub use answer::{Answer, CacheStatus};
 pub use singleflight::{Role, SingleFlight};
 
-use crate::cache::{Cache, CacheKey, DataDoc, Envelope, Layer, Payload, Selector, StoreError, Waited, now_ms};
+use crate::cache::{
+    Cache, CacheKey, DataDoc, Envelope, Layer, LockGuard, Payload, Selector, StoreError, Waited, now_ms,
+};
 use crate::error::AppError;
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::model::{Bars, DateRange, PluginName, Ticker};
@@ -220,8 +222,17 @@ impl Pipeline {
                 Err(_) => break,
             }
         }
-        let result = self.fetch_uncached(req, key, plugin, pm).await;
-        if let Some(g) = guard {
+        let result = self.fetch_uncached(req, key, plugin, pm, guard.as_ref()).await;
+        // A stored answer (data, or a remembered no-data) released the lock in
+        // its write's round trip; anything else releases it here.
+        let released = match &result {
+            Ok(_) => true,
+            Err(AppError::NoData(_)) => !self.cache.settings().negative_ttl.is_zero(),
+            Err(_) => false,
+        };
+        if let Some(g) = guard
+            && !released
+        {
             if let Err(e) = &result
                 && e.is_fetch_failure()
             {
@@ -238,6 +249,7 @@ impl Pipeline {
         key: &CacheKey,
         plugin: &Arc<Plugin>,
         pm: &PluginMetrics,
+        lock: Option<&LockGuard>,
     ) -> FlightResult {
         let settings = plugin.settings();
         let args = FetchArgs {
@@ -252,7 +264,7 @@ impl Pipeline {
         let (p, t) = (req.plugin.as_str(), req.ticker.as_str());
         let raw = match out {
             Ok(raw) => raw,
-            Err(AppError::NoData(m)) => return Err(self.remember_no_data(key, p, t, m, pm).await),
+            Err(AppError::NoData(m)) => return Err(self.remember_no_data(key, p, t, m, pm, lock).await),
             Err(e) => {
                 tracing::warn!(
                     plugin = p, ticker = t, range = %req.range, code = e.code(),
@@ -269,7 +281,7 @@ impl Pipeline {
         })?;
         if bars.is_empty() {
             let msg = format!("plugin {p} has no data for {t} in {}", req.range);
-            return Err(self.remember_no_data(key, p, t, msg, pm).await);
+            return Err(self.remember_no_data(key, p, t, msg, pm, lock).await);
         }
         let doc = DataDoc {
             plugin: p.to_owned(),
@@ -281,7 +293,7 @@ impl Pipeline {
             fetched_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let env = Envelope::data(doc, settings.ttl);
-        let layer = self.cache.write(key, p, t, Arc::clone(&env), pm).await;
+        let layer = self.cache.write(key, p, t, Arc::clone(&env), pm, lock).await;
         if req.refresh {
             self.cache.announce_rewrite(key).await;
         }
@@ -296,11 +308,12 @@ impl Pipeline {
         ticker: &str,
         message: String,
         pm: &PluginMetrics,
+        lock: Option<&LockGuard>,
     ) -> AppError {
         let ttl = self.cache.settings().negative_ttl;
         if !ttl.is_zero() {
             let env = Envelope::no_data(message.clone(), ttl);
-            self.cache.write(key, plugin, ticker, env, pm).await;
+            self.cache.write(key, plugin, ticker, env, pm, lock).await;
         }
         AppError::NoData(message)
     }
