@@ -130,32 +130,24 @@ STORM=$("$LOADGEN" storm "$DURL/v1/data/storm/COLD?start=2024-01-02&end=2024-01-
 STORM_CALLS=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="storm"')
 STORM_SUM=$(curl -s "$DURL/metrics" | awk '/^plugin_fetch_duration_seconds_sum\{plugin="storm"\}/{printf "%.1f", $2*1000}')
 
-cat > "$WORK/refresh.lua" <<'LUA'
+calls_per_s() { # calls_per_s PLUGIN TICKER-PREFIX END: refresh=true on new keys for DURATION
+  cat > "$WORK/refresh-$1.lua" <<LUA
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/v1/data/synthetic/R" .. counter .. "?start=2024-01-01&end=2024-02-09&refresh=true")
+  return wrk.format("GET", "/v1/data/$1/$2" .. counter .. "?start=2024-01-01&end=$3&refresh=true")
 end
 LUA
-BEFORE=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="synthetic"')
-T0=$(date +%s.%N)
-wrk -t2 -c64 -d"$DURATION" -s "$WORK/refresh.lua" "$DURL" >/dev/null
-T1=$(date +%s.%N)
-AFTER=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="synthetic"')
-CALLS_PER_S=$(python3 -c "print(int(($AFTER-$BEFORE)/($T1-$T0)))")
-cat > "$WORK/flat.lua" <<'LUA'
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/v1/data/flat30/F" .. counter .. "?start=2024-01-01&end=2024-01-30&refresh=true")
-end
-LUA
-BEFORE=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="flat30"')
-T0=$(date +%s.%N)
-wrk -t2 -c64 -d"$DURATION" -s "$WORK/flat.lua" "$DURL" >/dev/null
-T1=$(date +%s.%N)
-AFTER=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="flat30"')
-FLAT_PER_S=$(python3 -c "print(int(($AFTER-$BEFORE)/($T1-$T0)))")
+  local before after t0 t1
+  before=$(metric "$DURL" plugin_fetch_duration_seconds_count "plugin=\"$1\"")
+  t0=$(date +%s.%N)
+  wrk -t2 -c64 -d"$DURATION" -s "$WORK/refresh-$1.lua" "$DURL" >/dev/null
+  t1=$(date +%s.%N)
+  after=$(metric "$DURL" plugin_fetch_duration_seconds_count "plugin=\"$1\"")
+  python3 -c "print(int(($after-$before)/($t1-$t0)))"
+}
+CALLS_PER_S=$(calls_per_s synthetic R 2024-02-09)
+FLAT_PER_S=$(calls_per_s flat30 F 2024-01-30)
 BARS=$(curl -s "$DURL/v1/data/synthetic/R1?start=2024-01-01&end=2024-02-09" | python3 -c 'import json,sys;print(len(json.load(sys.stdin)["bars"]))')
 
 cp "$WORK/reload.lua.template" "$PLUGINS/reload.lua"

@@ -10,16 +10,7 @@ use serde_json::Value;
 const JAN: &str = "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-31";
 
 async fn data(d: &common::Daemon, path: &str) -> (u16, String, Value) {
-    let r = d.get(path).await;
-    let status = r.status().as_u16();
-    let x = r
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = r.json().await.unwrap_or(Value::Null);
-    (status, x, body)
+    d.data(path).await
 }
 
 fn redis_keys(r: &RedisServer, pattern: &str) -> Vec<String> {

@@ -59,15 +59,7 @@ async fn fetch_count(d: &Daemon, plugin: &str) -> f64 {
 }
 
 async fn status(d: &Daemon, path: &str) -> (u16, String, Value) {
-    let r = d.get(path).await;
-    let s = r.status().as_u16();
-    let x = r
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    (s, x, r.json().await.unwrap_or(Value::Null))
+    d.data(path).await
 }
 
 #[tokio::test]

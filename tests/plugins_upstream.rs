@@ -10,18 +10,8 @@ use common::mock_upstream::{Canned, MockUpstream};
 use common::{Daemon, DaemonBuilder, RedisServer};
 use serde_json::Value;
 
-/// GET a daemon path: status, X-Cache, JSON body.
 async fn data(d: &Daemon, path: &str) -> (u16, String, Value) {
-    let r = d.get(path).await;
-    let status = r.status().as_u16();
-    let x = r
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = r.json().await.unwrap_or(Value::Null);
-    (status, x, body)
+    d.data(path).await
 }
 
 fn dates(body: &Value) -> Vec<String> {
@@ -363,20 +353,25 @@ const AV_ERROR: &str = r#"{
     "Error Message": "Invalid API call. Please retry or visit the documentation (https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY."
 }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alphavantage_parses_string_numbers_sorts_and_caches() {
-    let mock = MockUpstream::start().await;
-    mock.on_query(AV, &[("symbol", "IBM")], Canned::json(200, AV_DAILY));
-    let redis = RedisServer::start();
-    let d = daemon(
-        &redis,
+/// A daemon running the bundled Alpha Vantage plugin against the mock.
+async fn av_daemon(redis: &RedisServer, mock: &MockUpstream) -> Daemon {
+    daemon(
+        redis,
         "alphavantage",
         &[
             ("ALPHAVANTAGE_BASE_URL", &mock.base),
             ("ALPHAVANTAGE_API_KEY", "demo-key"),
         ],
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alphavantage_parses_string_numbers_sorts_and_caches() {
+    let mock = MockUpstream::start().await;
+    mock.on_query(AV, &[("symbol", "IBM")], Canned::json(200, AV_DAILY));
+    let redis = RedisServer::start();
+    let d = av_daemon(&redis, &mock).await;
     let path = "/v1/data/alphavantage/IBM?start=2024-01-02&end=2024-01-04";
 
     let (s, x, body) = data(&d, path).await;
@@ -409,15 +404,7 @@ async fn alphavantage_notes_in_a_200_answer_are_errors_never_cached() {
     mock.on_query(AV, &[("symbol", "MSFT")], Canned::json(200, AV_INFORMATION));
     mock.on_query(AV, &[("symbol", "NOPE")], Canned::json(200, AV_ERROR));
     let redis = RedisServer::start();
-    let d = daemon(
-        &redis,
-        "alphavantage",
-        &[
-            ("ALPHAVANTAGE_BASE_URL", &mock.base),
-            ("ALPHAVANTAGE_API_KEY", "demo-key"),
-        ],
-    )
-    .await;
+    let d = av_daemon(&redis, &mock).await;
     let ibm = "/v1/data/alphavantage/IBM?start=2024-01-02&end=2024-01-04";
 
     for n in 1..=2 {

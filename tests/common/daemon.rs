@@ -170,6 +170,19 @@ impl Daemon {
         self.http.get(self.url(path)).send().await.expect("GET")
     }
 
+    /// GET a data path: status, `X-Cache` header ("" when absent), JSON body.
+    pub async fn data(&self, path: &str) -> (u16, String, serde_json::Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        let x = r
+            .headers()
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (status, x, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.get(path).await;
         let status = r.status().as_u16();
