@@ -61,11 +61,15 @@ RSS_START=$(rss_kib "$TPID")
 
 wrk -t2 -c32 -d"${SOAK_SECONDS}s" --timeout 5s -s "$WORK/mixed.lua" "$BASE" > "$WORK/wrk.txt" &
 WRK=$!
-START=$(date +%s); RESTARTS=0; INVALIDATIONS=0
+START=$(date +%s); RESTARTS=0; INVALIDATIONS=0; RSS_SERIES=""; NEXT_SAMPLE=0
 while kill -0 "$WRK" 2>/dev/null; do
   sleep 5
   curl -s -X DELETE "$BASE/v1/cache?ticker=H$((RANDOM % 2000 + 1))" >/dev/null && INVALIDATIONS=$((INVALIDATIONS + 1))
   NOW=$(date +%s)
+  if [ $((NOW - START)) -ge "$NEXT_SAMPLE" ]; then
+    RSS_SERIES="$RSS_SERIES $(( $(rss_kib "$TPID") / 1024 ))"
+    NEXT_SAMPLE=$((NEXT_SAMPLE + 60))
+  fi
   if [ $(( (NOW - START) / RESTART_EVERY )) -gt "$RESTARTS" ] && [ $((NOW - START)) -lt $((SOAK_SECONDS - 10)) ]; then
     kill "$RPID"; wait "$RPID" 2>/dev/null || true
     sleep 2
@@ -84,4 +88,5 @@ echo "soak: ${SOAK_SECONDS}s mixed load (80% hits / 15% new keys / 5% refresh), 
 echo "requests:  $REQUESTS"
 echo "failures:  $((NON2XX + SOCKET))  (non-2xx $NON2XX, socket errors $SOCKET)"
 echo "RSS:       start ${RSS_START} KiB, end ${RSS_END} KiB"
+echo "RSS MiB each minute:${RSS_SERIES}"
 grep -E "Latency|Requests/sec" "$WORK/wrk.txt"

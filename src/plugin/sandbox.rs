@@ -136,7 +136,8 @@ end
 /// Host modules are installed by the caller.
 pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
     let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
-    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    // Reuse coroutines between fetches instead of creating one per call.
+    let lua = Lua::new_with(libs, LuaOptions::new().thread_pool_size(64))?;
     let g = lua.globals();
 
     // Base library: keep the pure functions, drop the loaders and GC control.

@@ -111,8 +111,9 @@ impl PluginState {
             req.raw_set("end_date", args.end.as_str())?;
             req.raw_set("plugin", self.plugin.as_str())?;
             req.raw_set("params", self.lua.create_table()?)?;
-            let thread = self.lua.create_thread(self.fetch.clone())?;
-            thread.into_async::<Value>(req)?.await
+            // call_async runs fetch as a coroutine taken from the state's
+            // thread pool, so a call does not allocate a fresh Lua thread.
+            self.fetch.call_async::<Value>(req).await
         };
         let at = tokio::time::Instant::from_std(deadline);
         let value = match tokio::time::timeout_at(at, Deadlined::new(run, deadline, limit)).await {
