@@ -131,11 +131,20 @@ STORM_CALLS=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="storm"
 STORM_SUM=$(curl -s "$DURL/metrics" | awk '/^plugin_fetch_duration_seconds_sum\{plugin="storm"\}/{printf "%.1f", $2*1000}')
 
 calls_per_s() { # calls_per_s PLUGIN TICKER-PREFIX END: refresh=true on new keys for DURATION
+  # A new key per request and per wrk thread (threads share no counter), so
+  # no two requests coalesce and every request is one plugin call.
   cat > "$WORK/refresh-$1.lua" <<LUA
-counter = 0
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  counter = 0
+end
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/v1/data/$1/$2" .. counter .. "?start=2024-01-01&end=$3&refresh=true")
+  return wrk.format("GET", "/v1/data/$1/$2" .. tid .. "x" .. counter .. "?start=2024-01-01&end=$3&refresh=true")
 end
 LUA
   local before after t0 t1
@@ -148,7 +157,7 @@ LUA
 }
 CALLS_PER_S=$(calls_per_s synthetic R 2024-02-09)
 FLAT_PER_S=$(calls_per_s flat30 F 2024-01-30)
-BARS=$(curl -s "$DURL/v1/data/synthetic/R1?start=2024-01-01&end=2024-02-09" | python3 -c 'import json,sys;print(len(json.load(sys.stdin)["bars"]))')
+BARS=$(curl -s "$DURL/v1/data/synthetic/R0x1?start=2024-01-01&end=2024-02-09" | python3 -c 'import json,sys;print(len(json.load(sys.stdin)["bars"]))')
 
 cp "$WORK/reload.lua.template" "$PLUGINS/reload.lua"
 RELOAD=$("$LOADGEN" reload "$PLUGINS/reload.lua" "$DURL/v1/data/reload/AAPL?start=2024-01-02&end=2024-01-02&refresh=true" 20 2>&1 | tail -1)
