@@ -60,6 +60,13 @@ async fn miss_then_hit_from_redis_with_ttl_set_and_metrics_moving() {
     let mut c = redis.conn();
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
     assert!(ttl > 86_000 && ttl <= 86_400, "TTL of {key} is {ttl}");
+    // The plugin's namespace holds the entry only (stale copy, lock and
+    // index live under their own prefixes).
+    assert_eq!(redis_keys(&redis, &format!("{prefix}:synthetic:*")), vec![key.clone()]);
+    assert_eq!(
+        redis_keys(&redis, &format!("{prefix}:stale:*")),
+        vec![format!("{prefix}:stale:synthetic:1:AAPL:2024-01-01:2024-01-31")]
+    );
 
     let before = d.metrics().await;
     let (s, x, body2) = data(&d, JAN).await;

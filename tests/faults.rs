@@ -94,7 +94,7 @@ async fn concurrent_misses_across_two_daemons_make_one_upstream_call() {
     assert_eq!(calls, 1.0, "one upstream call for the whole fleet");
     // The lock went away with the write (released in the same round trip).
     let mut c = redis.conn();
-    let lock = format!("{prefix}:slow:1:AAPL:2024-01-02:2024-01-02:lock");
+    let lock = format!("{prefix}:lock:slow:1:AAPL:2024-01-02:2024-01-02");
     let exists: bool = redis::cmd("EXISTS").arg(&lock).query(&mut c).unwrap();
     assert!(!exists, "{lock} was released");
 }
@@ -118,7 +118,7 @@ async fn a_daemon_dying_with_the_lock_delays_others_by_at_most_the_lock_ttl() {
     let path = "/v1/data/slow/AAPL?start=2024-01-02&end=2024-01-02";
     let (http, url) = (a.http.clone(), a.url(path));
     let _doomed = tokio::spawn(async move { http.get(url).send().await });
-    let lock_key = format!("{prefix}:slow:1:AAPL:2024-01-02:2024-01-02:lock");
+    let lock_key = format!("{prefix}:lock:slow:1:AAPL:2024-01-02:2024-01-02");
     wait_for("daemon A to take the fleet lock", Duration::from_secs(5), || async {
         let mut c = redis.conn();
         let exists: bool = redis::cmd("EXISTS").arg(&lock_key).query(&mut c).unwrap();

@@ -59,17 +59,13 @@ impl ErrorMarker {
     }
 }
 
-fn error_key(key: &CacheKey) -> String {
-    format!("{}:error", key.as_str())
-}
-
 impl Cache {
     /// Tries to take the fleet lock for `key`. `Ok(None)`: someone else holds
     /// it. `Err`: Redis cannot be asked, go ahead without a lock.
     pub async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<LockGuard>, StoreError> {
         let lock_key = self.keys().lock(key);
         let token = format!("{:032x}", rand::rng().random::<u128>());
-        let (lk, tk, ek) = (lock_key.clone(), token.clone(), error_key(key));
+        let (lk, tk, ek) = (lock_key.clone(), token.clone(), self.keys().error(key));
         // One round trip: take the lock and clear an earlier holder's failure
         // marker so it cannot reach the waiters of this fetch. (If the lock is
         // not ours the marker is either not written yet or about to be
@@ -137,7 +133,7 @@ impl Cache {
             message: err.to_string(),
         };
         let Ok(bytes) = serde_json::to_vec(&marker) else { return };
-        let k = error_key(key);
+        let k = self.keys().error(key);
         let _ = self
             .redis()
             .call("SET", move |mut c| {
@@ -161,7 +157,7 @@ impl Cache {
     pub async fn wait_for_holder(&self, key: &CacheKey, range: &DateRange, since_ms: u64, limit: Duration) -> Waited {
         let deadline = Instant::now() + limit;
         let lock_key = self.keys().lock(key);
-        let err_key = error_key(key);
+        let err_key = self.keys().error(key);
         loop {
             let (k, lk, ek) = (key.as_str().to_owned(), lock_key.clone(), err_key.clone());
             let res = self

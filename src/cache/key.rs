@@ -73,20 +73,36 @@ impl KeySpace {
         format!("{}:invalidate", self.prefix)
     }
 
+    /// A companion key of an entry in its own namespace,
+    /// `{prefix}:{kind}:{rest of the entry key}`, so `{prefix}:{plugin}:*`
+    /// holds entries only while the companion shares the entry's cluster hash tag.
+    fn companion(&self, kind: &str, key: &str) -> String {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+            .unwrap_or(key);
+        format!("{}:{kind}:{rest}", self.prefix)
+    }
+
     /// The single-flight lock for one entry (fleet-wide).
     pub fn lock(&self, key: &CacheKey) -> String {
-        format!("{}:lock", key.0)
+        self.companion("lock", key.as_str())
+    }
+
+    /// The copy kept for stale-if-error after the entry's TTL has passed.
+    pub fn stale(&self, key: &str) -> String {
+        self.companion("stale", key)
+    }
+
+    /// Where a failed fetch leaves its error for waiting daemons.
+    pub fn error(&self, key: &CacheKey) -> String {
+        self.companion("error", key.as_str())
     }
 }
 
 impl CacheKey {
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// The copy kept for stale-if-error after the entry's TTL has passed.
-    pub fn stale(&self) -> String {
-        format!("{}:stale", self.0)
     }
 
     /// Whether this key belongs to the given plugin/ticker/range selection.
@@ -164,7 +180,9 @@ mod tests {
             &range("2024-01-01", "2024-01-31"),
         );
         assert_eq!(k.as_str(), "tickerd:yahoo:3:AAPL:2024-01-01:2024-01-31");
-        assert_eq!(k.stale(), "tickerd:yahoo:3:AAPL:2024-01-01:2024-01-31:stale");
+        assert_eq!(ks.stale(k.as_str()), "tickerd:stale:yahoo:3:AAPL:2024-01-01:2024-01-31");
+        assert_eq!(ks.lock(&k), "tickerd:lock:yahoo:3:AAPL:2024-01-01:2024-01-31");
+        assert_eq!(ks.error(&k), "tickerd:error:yahoo:3:AAPL:2024-01-01:2024-01-31");
         assert_eq!(ks.ticker_index("yahoo", "AAPL"), "tickerd:index:yahoo:AAPL");
     }
 

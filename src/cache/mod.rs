@@ -162,7 +162,7 @@ impl Cache {
 
     /// Reads the stale-if-error copy of `key`.
     pub async fn read_stale(&self, key: &CacheKey, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
-        if let Some(f) = self.read_at(&key.stale(), range, pm).await {
+        if let Some(f) = self.read_at(&self.space.stale(key.as_str()), range, pm).await {
             return Some(f);
         }
         // The memory layer keeps entries for TTL + stale window under the main key.
@@ -229,7 +229,7 @@ impl Cache {
             .ignore();
         if keep_stale {
             pipe.cmd("SET")
-                .arg(key.stale())
+                .arg(self.space.stale(key.as_str()))
                 .arg(&bytes)
                 .arg("PX")
                 .arg((ttl + stale).as_millis() as u64)
@@ -382,7 +382,7 @@ impl Cache {
             return Ok(0);
         }
         let whole = range.is_none();
-        let cluster = self.space_is_cluster();
+        let space = self.space.clone();
         let t = targets.clone();
         let deleted: u64 = self
             .redis
@@ -392,14 +392,13 @@ impl Cache {
                     // cluster mode, so one DEL per key set stays in one slot.
                     let mut pipe = redis::pipe();
                     pipe.cmd("DEL").arg(&t);
-                    let stale: Vec<String> = t.iter().map(|k| format!("{k}:stale")).collect();
+                    let stale: Vec<String> = t.iter().map(|k| space.stale(k)).collect();
                     pipe.cmd("DEL").arg(&stale).ignore();
                     if whole {
                         pipe.cmd("DEL").arg(&index).ignore();
                     } else {
                         pipe.cmd("SREM").arg(&index).arg(&t).ignore();
                     }
-                    let _ = cluster;
                     let (n,): (u64,) = pipe.query_async(&mut c).await?;
                     Ok(n)
                 }
