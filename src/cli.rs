@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -359,6 +358,5 @@ fn plugins(config: &Config) -> ExitCode {
             }
         }
     }
-    let _ = Arc::new(());
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

@@ -91,6 +91,19 @@ impl AppError {
         }
     }
 
+    /// The fetch failure a `code()` names, for errors that travel between
+    /// daemons (the fleet lock's failure marker); anything else reads as
+    /// `plugin_error`.
+    pub fn fetch_failure_from_code(code: &str, message: String) -> Self {
+        match code {
+            "upstream_error" => AppError::UpstreamError(message),
+            "plugin_timeout" => AppError::PluginTimeout(message),
+            "invalid_plugin_output" => AppError::InvalidPluginOutput(message),
+            "plugin_unavailable" => AppError::PluginUnavailable(message),
+            _ => AppError::PluginError(message),
+        }
+    }
+
     /// Whether a stale copy may stand in for this failure (stale-if-error):
     /// only when the source failed, never when the request itself was wrong.
     pub fn is_fetch_failure(&self) -> bool {

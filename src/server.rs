@@ -32,9 +32,11 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
             return 1;
         }
     };
+    // start() makes the first connection attempt; the supervisor only takes
+    // over afterwards, so start-up does not connect twice.
+    let report = daemon.start().await;
     daemon.cache.redis().spawn_supervisor();
     daemon.cache.start_l1();
-    let report = daemon.start().await;
     crate::reload::spawn_sighup(Arc::clone(&daemon));
     let _watch = match crate::reload::watch(Arc::clone(&daemon)) {
         Ok(w) => Some(w),

@@ -48,14 +48,7 @@ struct ErrorMarker {
 
 impl ErrorMarker {
     fn into_error(self) -> AppError {
-        let m = self.message;
-        match self.code.as_str() {
-            "upstream_error" => AppError::UpstreamError(m),
-            "plugin_timeout" => AppError::PluginTimeout(m),
-            "invalid_plugin_output" => AppError::InvalidPluginOutput(m),
-            "plugin_unavailable" => AppError::PluginUnavailable(m),
-            _ => AppError::PluginError(m),
-        }
+        AppError::fetch_failure_from_code(&self.code, self.message)
     }
 }
 

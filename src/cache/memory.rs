@@ -54,25 +54,16 @@ impl MemoryLayer {
         self.entries.insert(key.to_owned(), Stored { env, keep_for });
     }
 
-    /// Removes matching entries and returns how many there were.
-    pub fn remove_matching(&self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> u64 {
-        let pred = Arc::new(pred);
-        let n = self.entries.iter().filter(|(k, _)| pred(k.as_str())).count() as u64;
-        let p = Arc::clone(&pred);
-        if self.entries.invalidate_entries_if(move |k, _| p(k.as_str())).is_err() {
-            // Closures not supported would be a build error of ours; fall back
-            // to removing one by one.
-            let keys: Vec<_> = self
-                .entries
-                .iter()
-                .filter(|(k, _)| pred(k.as_str()))
-                .map(|(k, _)| k)
-                .collect();
-            for k in keys {
-                self.entries.invalidate(k.as_str());
-            }
+    /// Removes matching entries (closures are enabled in `new`, so this
+    /// cannot fail; if it ever did, everything goes, which is still correct).
+    pub fn remove_matching(&self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        if self
+            .entries
+            .invalidate_entries_if(move |k, _| pred(k.as_str()))
+            .is_err()
+        {
+            self.entries.invalidate_all();
         }
-        n
     }
 
     pub fn entry_count(&self) -> u64 {

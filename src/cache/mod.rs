@@ -306,8 +306,7 @@ impl Cache {
     pub async fn invalidate(&self, sel: &Selector, known_plugins: &[String]) -> Result<u64, StoreError> {
         let space = self.space.clone();
         let s = sel.clone();
-        let mem_removed = self
-            .memory
+        self.memory
             .remove_matching(move |k| CacheKey::from(k.to_owned()).matches(&space, &s));
         if let Some(l1) = &self.l1 {
             l1.remove_matching(&self.space, sel);
@@ -356,7 +355,7 @@ impl Cache {
                     .await?;
             }
         }
-        tracing::debug!(deleted, mem_removed, "invalidated");
+        tracing::debug!(deleted, "invalidated");
         Ok(deleted)
     }
 

@@ -213,18 +213,16 @@ impl RedisStore {
         let res = match tokio::time::timeout(timeout, f((*conn).clone())).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => {
+                let err = StoreError::Redis {
+                    op,
+                    message: e.to_string(),
+                };
                 if !is_connection_problem(&e) {
                     // A command error (wrong type, script error) says nothing
                     // about Redis's health: report it without tripping.
-                    return Err(StoreError::Redis {
-                        op,
-                        message: e.to_string(),
-                    });
+                    return Err(err);
                 }
-                StoreError::Redis {
-                    op,
-                    message: e.to_string(),
-                }
+                err
             }
             Err(_) => StoreError::Timeout { op, timeout },
         };

@@ -42,12 +42,7 @@ pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> 
 
 pub async fn stats(State(d): State<AppState>) -> Json<Value> {
     let t = d.metrics.totals();
-    let lookups = t.hits_redis + t.hits_memory + t.hits_l1 + t.misses;
-    let hit_rate = if lookups == 0 {
-        0.0
-    } else {
-        (t.hits_redis + t.hits_memory + t.hits_l1) as f64 / lookups as f64
-    };
+    let hit_rate = t.hit_rate().unwrap_or(0.0);
     Json(json!({
         "hits": {"redis": t.hits_redis, "memory": t.hits_memory, "l1": t.hits_l1},
         "misses": t.misses,

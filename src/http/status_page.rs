@@ -53,6 +53,48 @@ fn chart(closes: &[(String, f64)], w: f64, h: f64) -> String {
     )
 }
 
+/// The chart section for one plugin and ticker over the last 90 days,
+/// fetched through the pipeline (so it is cached like any request).
+async fn closes_section(d: &AppState, plugin: &str, ticker: &str) -> Result<String, String> {
+    let plugin = PluginName::parse(plugin).map_err(|e| e.message)?;
+    let ticker = Ticker::parse(ticker).map_err(|e| e.message)?;
+    let today = chrono::Utc::now().date_naive();
+    let start = today.checked_sub_days(chrono::Days::new(90)).unwrap_or(today);
+    let range = DateRange::new(start, today).map_err(|e| e.message)?;
+    let title = format!("{} {}", esc(plugin.as_str()), esc(ticker.as_str()));
+    let req = DataRequest {
+        plugin,
+        ticker,
+        range,
+        refresh: false,
+    };
+    let a = match d.pipeline.get(&req).await {
+        Ok(a) => a,
+        Err(e) => {
+            return Ok(format!(
+                "<h2>{title}</h2><p class=\"error\">{}: {}</p>",
+                e.code(),
+                esc(&e.to_string())
+            ));
+        }
+    };
+    let closes: Vec<(String, f64)> = a
+        .doc()
+        .map(|doc| {
+            doc.bars
+                .as_slice()
+                .iter()
+                .map(|b| (b.date.to_string(), b.close))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(format!(
+        "<h2>{title} — last 90 days (cache: {})</h2>{}",
+        a.status.as_str(),
+        chart(&closes, 600.0, 160.0)
+    ))
+}
+
 pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Html<String> {
     let q = Query::parse(raw.as_deref(), &["plugin", "ticker"]).ok();
     let slots = d.registry.list();
@@ -69,15 +111,10 @@ pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Html<St
         .unwrap_or_else(|| "AAPL".into());
 
     let t = d.metrics.totals();
-    let lookups = t.hits_redis + t.hits_memory + t.hits_l1 + t.misses;
-    let ratio = if lookups == 0 {
-        "n/a".to_owned()
-    } else {
-        format!(
-            "{:.1}%",
-            100.0 * (t.hits_redis + t.hits_memory + t.hits_l1) as f64 / lookups as f64
-        )
-    };
+    let ratio = t
+        .hit_rate()
+        .map(|r| format!("{:.1}%", 100.0 * r))
+        .unwrap_or_else(|| "n/a".to_owned());
     let redis = if d.cache.redis().is_up() { "up" } else { "down" };
 
     let mut rows = String::new();
@@ -98,55 +135,11 @@ pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Html<St
         );
     }
 
-    let chart_html = match (&chosen_plugin, Ticker::parse(&chosen_ticker)) {
-        (Some(p), Ok(ticker)) => match PluginName::parse(p) {
-            Ok(plugin) => {
-                let today = chrono::Utc::now().date_naive();
-                let start = today.checked_sub_days(chrono::Days::new(90)).unwrap_or(today);
-                match DateRange::new(start, today) {
-                    Ok(range) => {
-                        let req = DataRequest {
-                            plugin,
-                            ticker: ticker.clone(),
-                            range,
-                            refresh: false,
-                        };
-                        match d.pipeline.get(&req).await {
-                            Ok(a) => {
-                                let closes: Vec<(String, f64)> = a
-                                    .doc()
-                                    .map(|doc| {
-                                        doc.bars
-                                            .as_slice()
-                                            .iter()
-                                            .map(|b| (b.date.to_string(), b.close))
-                                            .collect()
-                                    })
-                                    .unwrap_or_default();
-                                format!(
-                                    "<h2>{} {} — last 90 days (cache: {})</h2>{}",
-                                    esc(p),
-                                    esc(ticker.as_str()),
-                                    a.status.as_str(),
-                                    chart(&closes, 600.0, 160.0)
-                                )
-                            }
-                            Err(e) => format!(
-                                "<h2>{} {}</h2><p class=\"error\">{}: {}</p>",
-                                esc(p),
-                                esc(ticker.as_str()),
-                                e.code(),
-                                esc(&e.to_string())
-                            ),
-                        }
-                    }
-                    Err(_) => String::new(),
-                }
-            }
-            Err(e) => format!("<p class=\"error\">{}</p>", esc(&e.message)),
-        },
-        (_, Err(e)) => format!("<p class=\"error\">{}</p>", esc(&e.message)),
-        (None, _) => "<p>No plugin loaded yet.</p>".into(),
+    let chart_html = match &chosen_plugin {
+        Some(p) => closes_section(&d, p, &chosen_ticker)
+            .await
+            .unwrap_or_else(|message| format!("<p class=\"error\">{}</p>", esc(&message))),
+        None => "<p>No plugin loaded yet.</p>".into(),
     };
 
     Html(format!(
@@ -169,7 +162,7 @@ table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .8rem; border-bo
 <p><a href="/metrics">metrics</a> · <a href="/v1/stats">stats</a> · <a href="/v1/plugins">plugins (JSON)</a></p>
 </body></html>
 "##,
-        hits = t.hits_redis + t.hits_memory + t.hits_l1,
+        hits = t.hits(),
         misses = t.misses,
         stale = t.stale,
         mem = d.cache.memory_entries(),

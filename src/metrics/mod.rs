@@ -32,6 +32,18 @@ pub struct Metrics {
     per_plugin: RwLock<HashMap<String, Arc<PluginMetrics>>>,
 }
 
+impl Totals {
+    pub fn hits(&self) -> u64 {
+        self.hits_redis + self.hits_memory + self.hits_l1
+    }
+
+    /// Hits over all lookups (hits + misses); `None` before the first lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let lookups = self.hits() + self.misses;
+        (lookups > 0).then(|| self.hits() as f64 / lookups as f64)
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
     pub hits_redis: u64,

@@ -52,15 +52,19 @@ impl Pipeline {
     pub async fn get(self: &Arc<Self>, req: &DataRequest) -> Result<Answer, AppError> {
         // Unknown names share one label value, so clients cannot grow the
         // metric series without bound ("(unknown)" is not a valid plugin name).
-        let label = if self.registry.get(req.plugin.as_str()).is_some() {
-            req.plugin.as_str()
-        } else {
+        let plugin = self.plugin(&req.plugin);
+        let label = if matches!(plugin, Err(AppError::PluginNotFound(_))) {
             "(unknown)"
+        } else {
+            req.plugin.as_str()
         };
         let pm = self.metrics.plugin(label);
         let started = Instant::now();
         pm.requests.inc();
-        let res = self.answer(req, &pm).await;
+        let res = match plugin {
+            Ok(p) => self.answer(req, p, &pm).await,
+            Err(e) => Err(e),
+        };
         pm.lookup.observe(started.elapsed().as_secs_f64());
         match &res {
             Ok(_) => pm.success.inc(),
@@ -82,8 +86,12 @@ impl Pipeline {
         })
     }
 
-    async fn answer(self: &Arc<Self>, req: &DataRequest, pm: &Arc<PluginMetrics>) -> Result<Answer, AppError> {
-        let plugin = self.plugin(&req.plugin)?;
+    async fn answer(
+        self: &Arc<Self>,
+        req: &DataRequest,
+        plugin: Arc<Plugin>,
+        pm: &Arc<PluginMetrics>,
+    ) -> Result<Answer, AppError> {
         let settings = plugin.settings();
         let key = self
             .cache
