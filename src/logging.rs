@@ -1,8 +1,8 @@
 //! Log output: human-readable text by default, JSON lines with
 //! `TICKERD_LOG_FORMAT=json`; the filter comes from `TICKERD_LOG`.
 //!
-//! Lines are handed to a background thread that writes them, so a request
-//! never waits on the write(2) of its access-log line. Under extreme load
+//! Lines are handed to a background thread that writes them in batches, so a
+//! request never waits on the write(2) of its access-log line. Under extreme load
 //! the buffer (128k lines) may drop lines rather than slow requests down.
 
 use std::io::{IsTerminal, Write};
@@ -19,7 +19,11 @@ pub fn init(filter: &str, format: LogFormat) -> Result<Option<WorkerGuard>, Stri
     let filter = EnvFilter::try_new(filter).map_err(|e| {
         format!("TICKERD_LOG: {filter:?} is not a log filter ({e}); use e.g. info, debug, or tickerd=debug,info")
     })?;
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The writer thread drains every queued line into this buffer and then
+    // flushes once, so a busy daemon makes one write(2) per batch of lines
+    // instead of one per request; a quiet one still writes each line at once.
+    let sink = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(sink);
     let _ = ACCESS.set((writer.clone(), format));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
