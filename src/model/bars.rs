@@ -17,6 +17,7 @@ pub enum ExtraValue {
 /// One daily bar, dated by the exchange's local trading date.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bar {
+    #[serde(serialize_with = "date_as_ymd")]
     pub date: NaiveDate,
     pub open: f64,
     pub high: f64,
@@ -30,6 +31,15 @@ pub struct Bar {
     pub volume: Option<f64>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, ExtraValue>,
+}
+
+/// Every stored bar writes its date: the fast writer, not chrono's formatter.
+fn date_as_ymd<S: serde::Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
+    match super::ymd(*d) {
+        // ymd writes ASCII digits and dashes only.
+        Some(bytes) => s.serialize_str(std::str::from_utf8(&bytes).unwrap_or_default()),
+        None => d.serialize(s),
+    }
 }
 
 /// Volumes are share counts: write `82488700`, not `82488700.0`, when whole.

@@ -75,6 +75,33 @@ impl fmt::Display for DateRange {
     }
 }
 
+/// `YYYY-MM-DD` written digit by digit: `date.format` runs once per bar and
+/// every stored bar serialises its date, and chrono's formatter machinery
+/// (a `write_char` per character) showed in the plugin-overhead profile.
+/// Years outside 0..=9999 (which Display writes with a sign) give `None`.
+pub fn ymd(d: chrono::NaiveDate) -> Option<[u8; 10]> {
+    use chrono::Datelike;
+    let y = d.year();
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let (m, day) = (d.month(), d.day());
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    let y = y as u32;
+    Some([
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(day / 10),
+        digit(day),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +141,18 @@ mod tests {
     fn single_day_range_is_fine() {
         let r = DateRange::from_request(Some("2024-01-02"), Some("2024-01-02"), d("2026-01-01"));
         assert!(r.is_ok());
+    }
+
+    #[test]
+    fn writes_dates_as_display_does() {
+        for (y, m, d) in [(2024, 1, 2), (1999, 12, 31), (7, 3, 9), (9999, 12, 31), (0, 1, 1)] {
+            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            assert_eq!(
+                ymd(date).map(|b| String::from_utf8(b.to_vec()).unwrap()),
+                Some(date.to_string())
+            );
+        }
+        assert_eq!(ymd(NaiveDate::from_ymd_opt(-1, 1, 1).unwrap()), None);
+        assert_eq!(ymd(NaiveDate::from_ymd_opt(10000, 1, 1).unwrap()), None);
     }
 }

@@ -180,15 +180,16 @@ unsafe fn read_bar(state: *mut ffi::lua_State, b: c_int, index: usize) -> Result
         ffi::lua_pushnil(state);
         while ffi::lua_next(state, b) != 0 {
             // key at -2, value at -1
+            // Known names are matched as bytes; only an extra field's name
+            // needs the UTF-8 check (it becomes a JSON key).
             let field = if ffi::lua_type(state, -2) == ffi::LUA_TSTRING {
-                std::str::from_utf8(string_at(state, -2))
-                    .map_err(|_| format!("bars[{index}]: a field name is not UTF-8"))
+                Ok(string_at(state, -2))
             } else {
                 Err(format!("bars[{index}]: keys must be field names"))
             };
             let step = field.and_then(|key| {
                 match key {
-                    "date" => {
+                    b"date" => {
                         date = if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
                             match std::str::from_utf8(string_at(state, -1)) {
                                 Ok(s) => DateField::Text(s.to_owned()),
@@ -198,12 +199,14 @@ unsafe fn read_bar(state: *mut ffi::lua_State, b: c_int, index: usize) -> Result
                             DateField::Other(type_name(state, -1))
                         }
                     }
-                    "open" => open = Some(number_at(state, -1, index, "open")?),
-                    "high" => high = Some(number_at(state, -1, index, "high")?),
-                    "low" => low = Some(number_at(state, -1, index, "low")?),
-                    "close" => close = Some(number_at(state, -1, index, "close")?),
-                    "volume" => volume = Some(number_at(state, -1, index, "volume")?),
+                    b"open" => open = Some(number_at(state, -1, index, "open")?),
+                    b"high" => high = Some(number_at(state, -1, index, "high")?),
+                    b"low" => low = Some(number_at(state, -1, index, "low")?),
+                    b"close" => close = Some(number_at(state, -1, index, "close")?),
+                    b"volume" => volume = Some(number_at(state, -1, index, "volume")?),
                     other => {
+                        let other = std::str::from_utf8(other)
+                            .map_err(|_| format!("bars[{index}]: a field name is not UTF-8"))?;
                         let x = match ffi::lua_type(state, -1) {
                             ffi::LUA_TNUMBER => ExtraValue::Number(number_at(state, -1, index, other)?),
                             ffi::LUA_TSTRING => {
