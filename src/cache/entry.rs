@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{Bars, DateRange};
+use crate::model::{Bars, DateRange, push_ymd};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -261,7 +261,12 @@ fn number_then<'a>(bytes: &'a [u8], sep: &[u8]) -> Option<(u64, &'a [u8])> {
 /// The document must be a data answer for exactly this range (a key
 /// collision or a value written by another program is refused).
 fn check_shape(text: &str, range: &DateRange) -> Result<(), DecodeError> {
-    let expect = format!("\"start\":\"{}\",\"end\":\"{}\",\"bars\":[", range.start(), range.end());
+    let mut expect = String::with_capacity(48);
+    expect.push_str("\"start\":\"");
+    push_ymd(&mut expect, range.start());
+    expect.push_str("\",\"end\":\"");
+    push_ymd(&mut expect, range.end());
+    expect.push_str("\",\"bars\":[");
     let head = &text.as_bytes()[..text.len().min(256)];
     let shaped = text.starts_with("{\"plugin\":")
         && text.ends_with('}')

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::model::{DateRange, PluginName, Ticker};
+use crate::model::{DateRange, PluginName, Ticker, push_ymd};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(String);
@@ -40,13 +40,26 @@ impl KeySpace {
     }
 
     pub fn entry(&self, plugin: &PluginName, version: u32, ticker: &Ticker, range: &DateRange) -> CacheKey {
+        use std::fmt::Write as _;
         let (p, t) = (plugin.as_str(), ticker.as_str());
-        let (s, e) = (range.start(), range.end());
+        // Built by hand, once per request: `format!` with chrono's Display
+        // for the dates showed on the hit path.
+        let mut key = String::with_capacity(self.prefix.len() + p.len() + t.len() + 40);
+        key.push_str(&self.prefix);
+        key.push(':');
         if self.cluster {
-            CacheKey(format!("{}:{}:{version}:{s}:{e}", self.prefix, self.tagged(p, t)))
+            key.push_str(&self.tagged(p, t));
+            let _ = write!(key, ":{version}:");
         } else {
-            CacheKey(format!("{}:{p}:{version}:{t}:{s}:{e}", self.prefix))
+            key.push_str(p);
+            let _ = write!(key, ":{version}:");
+            key.push_str(t);
+            key.push(':');
         }
+        push_ymd(&mut key, range.start());
+        key.push(':');
+        push_ymd(&mut key, range.end());
+        CacheKey(key)
     }
 
     /// Set of entry keys cached for one plugin and ticker (all versions).

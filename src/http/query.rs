@@ -1,17 +1,16 @@
 //! Query strings parsed strictly: known names only, each at most once, so a
 //! typo (`strat=`) is a 400 naming it instead of a silently ignored filter.
 
-use std::collections::HashMap;
-
 use crate::error::AppError;
 
 pub struct Query {
-    values: HashMap<String, String>,
+    values: Vec<(String, String)>,
 }
 
 impl Query {
     pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, AppError> {
-        let mut values = HashMap::new();
+        // A handful of parameters at most: a small vector beats hashing.
+        let mut values: Vec<(String, String)> = Vec::with_capacity(4);
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             if !allowed.contains(&k.as_ref()) {
                 return Err(AppError::bad_request(
@@ -19,19 +18,24 @@ impl Query {
                     format!("unknown query parameter {k:?}; this route takes {}", allowed.join(", ")),
                 ));
             }
-            if values.insert(k.to_string(), v.to_string()).is_some() {
+            if values.iter().any(|(name, _)| *name == k) {
                 return Err(AppError::bad_request(
                     k.to_string(),
                     format!("{k} is given more than once"),
                 ));
             }
+            values.push((k.into_owned(), v.into_owned()));
         }
         Ok(Self { values })
     }
 
     /// The value, treating `name=` (empty) as absent.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.values
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     pub fn flag(&self, name: &'static str) -> Result<bool, AppError> {

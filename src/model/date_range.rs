@@ -75,6 +75,26 @@ impl fmt::Display for DateRange {
     }
 }
 
+/// Appends `YYYY-MM-DD` to `out` (see [`ymd`]); cache keys, stored documents
+/// and the hit-path shape check all write dates on every request.
+pub fn push_ymd(out: &mut String, d: chrono::NaiveDate) {
+    match ymd(d) {
+        // ymd writes ASCII digits and dashes only.
+        Some(b) => out.push_str(std::str::from_utf8(&b).unwrap_or_default()),
+        None => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{d}");
+        }
+    }
+}
+
+/// `YYYY-MM-DD` as a new string, through [`push_ymd`].
+pub fn ymd_string(d: chrono::NaiveDate) -> String {
+    let mut s = String::with_capacity(10);
+    push_ymd(&mut s, d);
+    s
+}
+
 /// `YYYY-MM-DD` written digit by digit: `date.format` runs once per bar and
 /// every stored bar serialises its date, and chrono's formatter machinery
 /// (a `write_char` per character) showed in the plugin-overhead profile.
@@ -154,5 +174,15 @@ mod tests {
         }
         assert_eq!(ymd(NaiveDate::from_ymd_opt(-1, 1, 1).unwrap()), None);
         assert_eq!(ymd(NaiveDate::from_ymd_opt(10000, 1, 1).unwrap()), None);
+    }
+
+    #[test]
+    fn pushes_dates_as_display_does() {
+        for d in [
+            NaiveDate::from_ymd_opt(2024, 2, 29).unwrap(),
+            NaiveDate::from_ymd_opt(-5, 1, 1).unwrap(),
+        ] {
+            assert_eq!(ymd_string(d), d.to_string());
+        }
     }
 }

@@ -10,7 +10,7 @@ mod plugin_name;
 mod ticker;
 
 pub use bars::{Bar, Bars, ExtraValue};
-pub use date_range::{DateRange, parse_date, ymd};
+pub use date_range::{DateRange, parse_date, push_ymd, ymd, ymd_string};
 pub use plugin_name::PluginName;
 pub use ticker::Ticker;
 

@@ -17,7 +17,7 @@ use crate::cache::{
 };
 use crate::error::AppError;
 use crate::metrics::{Metrics, PluginMetrics};
-use crate::model::{Bars, DateRange, PluginName, Ticker};
+use crate::model::{Bars, DateRange, PluginName, Ticker, ymd_string};
 use crate::plugin::{FetchArgs, Plugin, Registry};
 
 /// One validated data request.
@@ -262,8 +262,8 @@ impl Pipeline {
         let settings = plugin.settings();
         let args = FetchArgs {
             ticker: req.ticker.to_string(),
-            start: req.range.start().to_string(),
-            end: req.range.end().to_string(),
+            start: ymd_string(req.range.start()),
+            end: ymd_string(req.range.end()),
         };
         let started = Instant::now();
         let out = plugin.fetch(args).await;
@@ -294,8 +294,8 @@ impl Pipeline {
         let doc = DataDoc {
             plugin: p.to_owned(),
             ticker: t.to_owned(),
-            start: req.range.start().to_string(),
-            end: req.range.end().to_string(),
+            start: ymd_string(req.range.start()),
+            end: ymd_string(req.range.end()),
             bars,
             meta: raw.meta,
             fetched_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
