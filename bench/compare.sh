@@ -15,15 +15,6 @@ RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
 for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 mkdir -p "$WORK/plugins"; cp plugins/synthetic.lua bench/plugins/flat30.lua "$WORK/plugins/"
-cat > "$WORK/refresh.lua" <<'LUA'
-local threads = 0
-function setup(thread) thread:set("tid", threads); threads = threads + 1 end
-function init(args) counter = 0 end
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/v1/data/" .. plugin .. "/" .. prefix .. tid .. "x" .. counter .. "?start=2024-01-01&end=2024-02-09&refresh=true")
-end
-LUA
 HIT="/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-24"
 rps() { wrk "$@" | awk '/Requests\/sec/{print int($2)}'; }
 round=0
@@ -39,8 +30,8 @@ for bin in "$OLD" "$NEW" "$OLD" "$NEW"; do
     wrk -t2 -c64 -d2s "http://127.0.0.1:$port$HIT" >/dev/null
     hit=$(rps -t2 -c64 -d"$DURATION" "http://127.0.0.1:$port$HIT")
     refresh() { # refresh PLUGIN: calls/s with a new key per request
-      sed -e "s/prefix/\"R$round$log\"/" -e "s/plugin \.\./\"$1\" ../" "$WORK/refresh.lua" > "$WORK/r.lua"
-      rps -t2 -c64 -d"$DURATION" -s "$WORK/r.lua" "http://127.0.0.1:$port"
+      REFRESH_PLUGIN=$1 REFRESH_PREFIX=R$round$log REFRESH_END=2024-02-09 \
+        rps -t2 -c64 -d"$DURATION" -s bench/wrk/refresh.lua "http://127.0.0.1:$port"
     }
     syn=$(refresh synthetic); flat=$(refresh flat30)
     printf '%-4s %-36s log=%-5s hit %7s req/s  synthetic %6s/s  flat30 %6s/s\n' "$round" "$(basename "$(dirname "$(dirname "$bin")")")/$(basename "$bin")" "$log" "$hit" "$syn" "$flat"

@@ -26,18 +26,9 @@ if [ "$MODE" = l1 ]; then printf '[cache]\nl1_ttl = "1s"\n' > "$WORK/config.toml
 TICKERD_LOG=warn REDIS_URL="redis://127.0.0.1:$RPORT/0" "$BIN" serve --listen "127.0.0.1:$PORT" \
   --plugins "$WORK/plugins" --config "$WORK/config.toml" >/dev/null 2>&1 & DPID=$!; PIDS+=($DPID)
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.05; done
-cat > "$WORK/refresh.lua" <<'LUA'
-local threads = 0
-function setup(thread) thread:set("tid", threads); threads = threads + 1 end
-function init(args) counter = 0 end
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/v1/data/flat30/P" .. tid .. "x" .. counter .. "?start=2024-01-01&end=2024-01-30&refresh=true")
-end
-LUA
 URL="http://127.0.0.1:$PORT"
 case $MODE in
-  refresh) ARGS=(-s "$WORK/refresh.lua" "$URL") ;;
+  refresh) export REFRESH_PLUGIN=flat30 REFRESH_PREFIX=P; ARGS=(-s bench/wrk/refresh.lua "$URL") ;;
   hit|l1) [ "$MODE" = hit ] || for _ in $(seq 100); do curl -s "$URL/v1/stats" | grep -q '"l1":"active"' && break; sleep 0.05; done
        curl -s "$URL/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-24" >/dev/null
        ARGS=("$URL/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-24") ;;

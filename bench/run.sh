@@ -128,24 +128,11 @@ STORM_SUM=$(python3 -c "print(f'{($SUM1-$SUM0)/max($STORM_CALLS,1)*1000:.1f}')")
 calls_per_s() { # calls_per_s PLUGIN TICKER-PREFIX END: refresh=true on new keys for DURATION
   # A new key per request and per wrk thread (threads share no counter), so
   # no two requests coalesce and every request is one plugin call.
-  cat > "$WORK/refresh-$1.lua" <<LUA
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
-function init(args)
-  counter = 0
-end
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/v1/data/$1/$2" .. tid .. "x" .. counter .. "?start=2024-01-01&end=$3&refresh=true")
-end
-LUA
   local before after t0 t1
   before=$(metric "$DURL" plugin_fetch_duration_seconds_count "plugin=\"$1\"")
   t0=$(date +%s.%N)
-  wrk -t2 -c64 -d"$DURATION" -s "$WORK/refresh-$1.lua" "$DURL" >/dev/null
+  REFRESH_PLUGIN=$1 REFRESH_PREFIX=$2 REFRESH_END=$3 \
+    wrk -t2 -c64 -d"$DURATION" -s bench/wrk/refresh.lua "$DURL" >/dev/null
   t1=$(date +%s.%N)
   after=$(metric "$DURL" plugin_fetch_duration_seconds_count "plugin=\"$1\"")
   python3 -c "print(int(($after-$before)/($t1-$t0)))"
