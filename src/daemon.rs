@@ -88,6 +88,9 @@ impl Daemon {
         if new.redis != old.redis {
             restart.push("redis");
         }
+        if new.http_threads != old.http_threads {
+            restart.push("http_threads");
+        }
         if new.plugins_dir != old.plugins_dir {
             restart.push("plugins_dir");
         }

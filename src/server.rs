@@ -53,35 +53,53 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
         "tickerd is serving"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let producers = crate::producer::spawn(Arc::clone(&daemon), stop_rx);
+    let producers = crate::producer::spawn(Arc::clone(&daemon), stop_rx.clone());
     let app = crate::http::router(Arc::clone(&daemon));
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain = cfg.drain_timeout;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-        let _ = drained_tx.send(());
-    });
-    let mut server = tokio::spawn(async move { server.await });
-    // Once the signal arrives, give in-flight requests `drain_timeout`.
-    let res = tokio::select! {
-        r = &mut server => Ok(r),
-        _ = drained_rx => tokio::time::timeout(drain, server).await,
+    let mut cores = match crate::http::serve_per_core(listener, app, cfg.http_threads, stop_rx) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, threads = cfg.http_threads, "cannot start the HTTP threads; try a lower http_threads");
+            return 1;
+        }
     };
+    // A serving thread only stops on its own if it failed.
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = cores.next_stopped() => Some(r),
+    };
+    let _ = stop_tx.send(true);
+    if let Some(r) = failed {
+        let why = match r {
+            Some(Err(e)) => e.to_string(),
+            _ => "it returned".to_owned(),
+        };
+        tracing::error!(error = %why, "an HTTP thread stopped; exiting so a supervisor restarts tickerd");
+        cores.release();
+        return 1;
+    }
+    // Give in-flight requests `drain_timeout` to finish.
+    let drain = cfg.drain_timeout;
+    let drained = tokio::time::timeout(drain, async {
+        let mut first_err = None;
+        while let Some(r) = cores.next_stopped().await {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err
+    })
+    .await;
     for p in producers {
         let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
     }
-    match res {
-        Ok(Ok(Ok(()))) => {
+    cores.release();
+    match drained {
+        Ok(None) => {
             tracing::info!("drained; bye");
             0
         }
-        Ok(Ok(Err(e))) => {
+        Ok(Some(e)) => {
             tracing::error!(error = %e, "server error");
-            1
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "server task failed");
             1
         }
         Err(_) => {

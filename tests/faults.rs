@@ -293,3 +293,73 @@ async fn no_data_is_remembered_for_negative_ttl() {
     )
     .await;
 }
+
+/// Clients connected to `redis`, not counting the one asking.
+fn daemon_clients(redis: &RedisServer) -> usize {
+    let mut c = redis.conn();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).expect("CLIENT LIST");
+    list.lines().count().saturating_sub(1)
+}
+
+/// Twelve requests at once, so the client opens several connections and
+/// the daemon deals them to all its HTTP threads. Every one must succeed.
+async fn burst(d: &Daemon, tag: &str) {
+    let reqs = (0..12).map(|i| {
+        let url = d.url(&format!("/v1/data/synthetic/{tag}{i}?start=2024-01-01&end=2024-01-31"));
+        let http = d.http.clone();
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    for r in futures::future::join_all(reqs).await {
+        assert_eq!(r.expect("request"), 200);
+    }
+}
+
+#[tokio::test]
+async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
+    let mut redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config("http_threads = 3\n")
+        .start()
+        .await;
+    // The shared connection plus one per HTTP thread, and no more: a thread
+    // that leaked connections would push the count past 4.
+    let mut round = 0;
+    wait_for("a redis connection per HTTP thread", Duration::from_secs(10), || {
+        round += 1;
+        let (d, redis, tag) = (&d, &redis, format!("A{round}X"));
+        async move {
+            burst(d, &tag).await;
+            (daemon_clients(redis) == 4).then_some(())
+        }
+    })
+    .await;
+    burst(&d, "MORE").await;
+    assert_eq!(daemon_clients(&redis), 4);
+
+    redis.restart();
+    wait_for("redis_up after the restart", Duration::from_secs(10), || async {
+        (metric(&d.metrics().await, "redis_up", &[]) == 1.0).then_some(())
+    })
+    .await;
+    wait_for(
+        "the HTTP threads' connections reopened",
+        Duration::from_secs(10),
+        || {
+            round += 1;
+            let (d, redis, tag) = (&d, &redis, format!("B{round}X"));
+            async move {
+                burst(d, &tag).await;
+                (daemon_clients(redis) == 4).then_some(())
+            }
+        },
+    )
+    .await;
+    // Entries written after the restart are in the new server.
+    let (s, _, body) = status(&d, "/v1/data/synthetic/AFTERRESTART?start=2024-01-01&end=2024-01-31").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["cache"]["layer"], "redis");
+    let mut c = redis.conn();
+    let n: usize = redis::cmd("DBSIZE").query(&mut c).expect("DBSIZE");
+    assert!(n > 0, "nothing stored in redis after the restart");
+}

@@ -19,7 +19,7 @@ pub use fleet_lock::{LockGuard, Waited};
 pub use key::{CacheKey, KeySpace, Selector};
 pub use l1::{Invalidation, L1};
 pub use memory::MemoryLayer;
-pub use redis_store::{Conn, RedisStore, StoreError};
+pub use redis_store::{Conn, RedisStore, StoreError, own_connections};
 
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::{Metrics, PluginMetrics};

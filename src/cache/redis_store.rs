@@ -6,9 +6,10 @@
 //! a reconnect, which is what makes "Redis failure is not request failure"
 //! hold even when Redis hangs (SIGSTOP) rather than refusing connections.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use futures::future::BoxFuture;
@@ -68,6 +69,13 @@ pub enum StoreError {
 pub struct RedisStore {
     cfg: RedisConfig,
     conn: ArcSwapOption<Conn>,
+    /// Counts successful (re)connects of `conn`; a thread's own connection
+    /// from an older generation is replaced (see [`own_connections`]).
+    generation: AtomicU64,
+    /// For tasks that open a thread's own connection.
+    me: Weak<RedisStore>,
+    /// Tells apart stores in one process (tests run several daemons).
+    id: u64,
     up: AtomicBool,
     wake: Notify,
     metrics: Arc<Metrics>,
@@ -76,9 +84,12 @@ pub struct RedisStore {
 impl RedisStore {
     pub fn new(cfg: RedisConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.redis_up.set(0);
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             cfg,
             conn: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
+            me: me.clone(),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             up: AtomicBool::new(false),
             wake: Notify::new(),
             metrics,
@@ -140,6 +151,7 @@ impl RedisStore {
         match tokio::time::timeout(limit, self.open()).await {
             Ok(Ok(conn)) => {
                 self.conn.store(Some(Arc::new(conn)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 if !self.up.swap(true, Ordering::AcqRel) {
                     tracing::info!(redis = %self.display_url(), "redis is up; cache entries go to redis again");
                 }
@@ -206,11 +218,15 @@ impl RedisStore {
         if !self.is_up() {
             return Err(StoreError::Skipped);
         }
-        let Some(conn) = self.conn.load_full() else {
-            return Err(StoreError::Skipped);
+        let conn = match self.thread_conn() {
+            Some(c) => c,
+            None => match self.conn.load_full() {
+                Some(c) => (*c).clone(),
+                None => return Err(StoreError::Skipped),
+            },
         };
         let timeout = self.cfg.op_timeout;
-        let res = match tokio::time::timeout(timeout, f((*conn).clone())).await {
+        let res = match tokio::time::timeout(timeout, f(conn)).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => {
                 let err = StoreError::Redis {
@@ -226,9 +242,110 @@ impl RedisStore {
             }
             Err(_) => StoreError::Timeout { op, timeout },
         };
+        self.drop_thread_conn();
         self.trip(&res);
         Err(res)
     }
+
+    /// This thread's own connection, if the thread asked for one
+    /// ([`own_connections`]) and it is open and current. Otherwise starts
+    /// opening it in the background and returns `None` (the shared
+    /// connection serves meanwhile), so no request waits on a connect.
+    fn thread_conn(&self) -> Option<Conn> {
+        if self.cfg.cluster {
+            return None;
+        }
+        THREAD_CONN.with(|slot| {
+            let mut slot = slot.try_borrow_mut().ok()?;
+            let own = slot.as_mut()?;
+            let generation = self.generation.load(Ordering::Acquire);
+            let store = self.id;
+            if own.store == store && own.generation == generation {
+                if let Some(c) = &own.conn {
+                    return Some(c.clone());
+                }
+                if own.opening || own.retry_at.is_some_and(|t| Instant::now() < t) {
+                    return None;
+                }
+            }
+            *own = OwnConn {
+                store,
+                generation,
+                conn: None,
+                opening: true,
+                retry_at: None,
+            };
+            let this = self.me.upgrade()?;
+            tokio::spawn(async move {
+                let limit = this.cfg.connect_timeout + this.cfg.op_timeout;
+                let opened = tokio::time::timeout(limit, this.open()).await;
+                // Runs on the thread that asked: its runtime is single-threaded.
+                THREAD_CONN.with(|slot| {
+                    if let Ok(mut slot) = slot.try_borrow_mut()
+                        && let Some(own) = slot.as_mut()
+                        && own.store == store
+                        && own.generation == generation
+                    {
+                        own.opening = false;
+                        match opened {
+                            Ok(Ok(c)) => own.conn = Some(c),
+                            // The shared connection keeps serving; try again later.
+                            _ => own.retry_at = Some(Instant::now() + this.cfg.backoff),
+                        }
+                    }
+                });
+            });
+            None
+        })
+    }
+
+    /// Forgets this thread's connection after a failure on it; the next
+    /// call after the supervisor's reconnect opens a fresh one.
+    fn drop_thread_conn(&self) {
+        THREAD_CONN.with(|slot| {
+            if let Ok(mut slot) = slot.try_borrow_mut()
+                && let Some(own) = slot.as_mut()
+            {
+                own.conn = None;
+                own.generation = u64::MAX;
+            }
+        });
+    }
+}
+
+/// A connection owned by one thread, so a request served there never wakes
+/// another thread to talk to Redis (its I/O task runs on the same
+/// single-threaded runtime).
+struct OwnConn {
+    /// Which store it belongs to (`RedisStore::id`).
+    store: u64,
+    generation: u64,
+    conn: Option<Conn>,
+    opening: bool,
+    retry_at: Option<Instant>,
+}
+
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static THREAD_CONN: RefCell<Option<OwnConn>> = const { RefCell::new(None) };
+}
+
+/// Marks the calling thread, which must run a single-threaded tokio
+/// runtime for its whole life, as one that keeps its own Redis connection
+/// (the HTTP threads, see `http::cores`).
+pub fn own_connections() {
+    THREAD_CONN.with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut() {
+            *slot = Some(OwnConn {
+                store: 0,
+                generation: u64::MAX,
+                conn: None,
+                opening: false,
+                retry_at: None,
+            });
+        }
+    });
 }
 
 fn is_connection_problem(e: &redis::RedisError) -> bool {

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub watcher: Option<String>,
     pub poll_interval: Option<RawDuration>,
     pub drain_timeout: Option<RawDuration>,
+    pub http_threads: Option<u64>,
     #[serde(default)]
     pub redis: RedisSection,
     #[serde(default)]

@@ -121,6 +121,8 @@ pub struct Config {
     pub watcher: WatcherKind,
     pub poll_interval: Duration,
     pub drain_timeout: Duration,
+    /// Threads serving HTTP, each with its own runtime (see `http::cores`).
+    pub http_threads: usize,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub plugins: BTreeMap<String, PluginOverrides>,
@@ -227,6 +229,16 @@ impl Config {
         };
         let poll_interval = dur(&file.poll_interval, "poll_interval", Duration::from_millis(500))?;
         let drain_timeout = dur(&file.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let http_threads = match file.http_threads {
+            None => crate::http::default_http_threads(),
+            Some(n @ 1..=256) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    "http_threads",
+                    format!("{n}: expected 1 to 256 (default: one per core)"),
+                ));
+            }
+        };
 
         let redis = resolve_redis(&file, &env_get)?;
         let cache = resolve_cache(&file, &env_get)?;
@@ -281,6 +293,7 @@ impl Config {
             watcher,
             poll_interval,
             drain_timeout,
+            http_threads,
             redis,
             cache,
             plugins,
@@ -505,6 +518,9 @@ mod tests {
         assert_eq!(c.cache.default_ttl, Duration::from_secs(86400));
         assert_eq!(c.cache.negative_ttl, Duration::from_secs(60));
         assert_eq!(c.cache.memory_max_entries, 10_000);
+        assert!(c.http_threads >= 1);
+        let c = Config::resolve(&Flags::default(), &env(&[]), None, Some("http_threads = 3\n")).unwrap();
+        assert_eq!(c.http_threads, 3);
     }
 
     #[test]
@@ -558,6 +574,8 @@ mod tests {
             (&[], Some("[plugins.yahoo]\nttl = \"x\"\n"), "plugins.yahoo.ttl"),
             (&[], Some("[plugins.Yahoo]\n"), "plugins.Yahoo"),
             (&[], Some("[redis]\nurl = \"http://x\"\n"), "redis.url"),
+            (&[], Some("http_threads = 0\n"), "http_threads"),
+            (&[], Some("http_threads = 1000\n"), "http_threads"),
             (
                 &[],
                 Some("[[watch]]\nplugin = \"y\"\ntickers = [\"A:B\"]\nevery = \"5m\"\n"),

@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod cores;
 mod data;
 mod error;
 mod info;
@@ -16,6 +17,8 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+
+pub use cores::{Cores, default_threads as default_http_threads, start as serve_per_core};
 
 use crate::daemon::Daemon;
 use crate::error::AppError;

@@ -96,9 +96,10 @@ impl DaemonBuilder {
         let text = if has_redis_section {
             self.config.clone()
         } else {
+            // The caller's text first, so its top-level keys stay top-level.
             format!(
-                "[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\nop_timeout = \"250ms\"\nconnect_timeout = \"250ms\"\nbackoff = \"300ms\"\n{}",
-                self.redis_url, self.config
+                "{}\n[redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\nop_timeout = \"250ms\"\nconnect_timeout = \"250ms\"\nbackoff = \"300ms\"\n",
+                self.config, self.redis_url
             )
         };
         std::io::Write::write_all(&mut config, text.as_bytes()).expect("write config");
