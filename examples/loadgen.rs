@@ -4,6 +4,11 @@
 //! prints status counts and latency percentiles.
 //! `loadgen reload FILE URL N`: N times, rewrite the plugin FILE with a new
 //! marker and time until URL (use `refresh=true`) serves it; prints the median.
+//! `loadgen cache-writes REDIS_URL SECONDS`: the Redis side of a refresh alone
+//! (fleet lock, then the cache write with its stale copy, index sets and lock
+//! release) through tickerd's own `Cache`, 64 at a time, for a 30-bar
+//! document like `bench/plugins/flat30.lua`: no HTTP, no Lua. Its rate is the
+//! ceiling for the plugin-overhead figure on this machine.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +95,77 @@ async fn reload(file: String, url: String, n: usize) {
     );
 }
 
+async fn cache_writes(redis_url: String, secs: u64) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tickerd::cache::{Cache, DataDoc, Envelope};
+    use tickerd::config::{Config, Flags};
+    use tickerd::model::{Bar, Bars, DateRange, PluginName, Ticker, parse_date, ymd_string};
+
+    let toml = format!("[redis]\nurl = \"{redis_url}\"\nkey_prefix = \"bench-writes\"\n");
+    let cfg = Config::resolve(&Flags::default(), &HashMap::new(), None, Some(&toml)).expect("config");
+    let metrics = tickerd::metrics::Metrics::new();
+    let cache = Arc::new(Cache::new(cfg.redis, cfg.cache, Arc::clone(&metrics)));
+    cache.redis().connect().await.expect("connect to redis");
+    let start = parse_date("start", "2024-01-01").expect("date");
+    let range = DateRange::new(start, start + chrono::Days::new(39)).expect("range");
+    let plugin = PluginName::parse("flat30").expect("name");
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for task in 0..64u64 {
+        let (cache, done, plugin, pm) = (
+            Arc::clone(&cache),
+            Arc::clone(&done),
+            plugin.clone(),
+            metrics.plugin("flat30"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < until {
+                i += 1;
+                let ticker = Ticker::parse(&format!("W{task}X{i}")).expect("ticker");
+                let key = cache.keys().entry(&plugin, 1, &ticker, &range);
+                let guard = cache.try_lock(&key, Duration::from_secs(6)).await.ok().flatten();
+                let bars = (0..30u32)
+                    .map(|d| {
+                        let p = 100.0 + f64::from(d);
+                        Bar {
+                            date: start + chrono::Days::new(u64::from(d)),
+                            open: p,
+                            high: p + 1.0,
+                            low: p - 1.0,
+                            close: p + 0.5,
+                            volume: Some(1000.0 + f64::from(d)),
+                            extra: Default::default(),
+                        }
+                    })
+                    .collect();
+                let doc = DataDoc {
+                    plugin: "flat30".into(),
+                    ticker: ticker.to_string(),
+                    start: ymd_string(range.start()),
+                    end: ymd_string(range.end()),
+                    bars: Bars::validated(bars, &range).expect("bars"),
+                    meta: Default::default(),
+                    fetched_at: "2026-11-26T00:00:00Z".into(),
+                };
+                let env = Envelope::data(doc, Duration::from_secs(3600));
+                cache
+                    .write(&key, "flat30", ticker.as_str(), env, &pm, guard.as_ref())
+                    .await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let n = done.load(Ordering::Relaxed);
+    println!("cache-writes calls={n} calls_per_s={}", n / secs.max(1));
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -97,8 +173,11 @@ async fn main() {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["storm", url, n] => storm(url.to_string(), n.parse().expect("N")).await,
         ["reload", file, url, n] => reload(file.to_string(), url.to_string(), n.parse().expect("N")).await,
+        ["cache-writes", url, secs] => cache_writes(url.to_string(), secs.parse().expect("SECONDS")).await,
         _ => {
-            eprintln!("usage: loadgen storm URL N | loadgen reload FILE URL N");
+            eprintln!(
+                "usage: loadgen storm URL N | loadgen reload FILE URL N | loadgen cache-writes REDIS_URL SECONDS"
+            );
             std::process::exit(2);
         }
     }
