@@ -54,7 +54,7 @@ fn volume_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::O
 }
 
 fn whole_volume(x: f64) -> Option<u64> {
-    (x.fract() == 0.0 && x >= 0.0 && x < 9.0e15).then_some(x as u64)
+    (x.fract() == 0.0 && (0.0..9.0e15).contains(&x)).then_some(x as u64)
 }
 
 /// One value as serde_json writes it. Writing into a `Vec` cannot fail, and
