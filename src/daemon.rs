@@ -118,6 +118,7 @@ impl Daemon {
         // Keep the settings that need a restart as they are in use.
         let mut merged = new;
         merged.listen = old.listen;
+        merged.http_threads = old.http_threads;
         merged.redis = old.redis.clone();
         merged.plugins_dir = old.plugins_dir.clone();
         merged.admin_token = old.admin_token.clone();

@@ -363,3 +363,67 @@ async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
     let n: usize = redis::cmd("DBSIZE").query(&mut c).expect("DBSIZE");
     assert!(n > 0, "nothing stored in redis after the restart");
 }
+
+/// Ids of the clients connected to `redis` under `name` (`CLIENT SETNAME`).
+fn client_ids(redis: &RedisServer, name: &str) -> Vec<String> {
+    let mut c = redis.conn();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).expect("CLIENT LIST");
+    let tag = format!(" name={name} ");
+    list.lines()
+        .filter(|l| l.contains(&tag))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_thread_losing_its_redis_connection_does_not_open_the_breaker() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config("http_threads = 2\n")
+        .start()
+        .await;
+    let mut round = 0;
+    wait_for(
+        "the shared and both threads' connections, named",
+        Duration::from_secs(10),
+        || {
+            round += 1;
+            let (d, redis, tag) = (&d, &redis, format!("N{round}X"));
+            async move {
+                burst(d, &tag).await;
+                let named = ["tickerd", "tickerd-http-0", "tickerd-http-1"];
+                named.iter().all(|n| client_ids(redis, n).len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    // As a server `timeout` or a NAT would: one thread's connection goes away.
+    let old = client_ids(&redis, "tickerd-http-0").remove(0);
+    let mut c = redis.conn();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&old)
+        .query(&mut c)
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1);
+    // Every request still succeeds (burst asserts 200) and the thread gets a
+    // new connection, without the daemon-wide breaker opening.
+    wait_for("thread 0 back on a new connection", Duration::from_secs(10), || {
+        round += 1;
+        let (d, redis, tag, old) = (&d, &redis, format!("K{round}X"), old.clone());
+        async move {
+            burst(d, &tag).await;
+            let ids = client_ids(redis, "tickerd-http-0");
+            (ids.len() == 1 && ids[0] != old).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), 1.0);
+    assert!(
+        !d.log().contains("skipping redis"),
+        "the breaker opened for one thread's lost connection:\n{}",
+        d.log()
+    );
+}

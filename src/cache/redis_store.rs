@@ -114,7 +114,10 @@ impl RedisStore {
         mask_password(&targets)
     }
 
-    async fn open(&self) -> RedisResult<Conn> {
+    /// Opens a connection and checks it with `PING`. `name` labels it in
+    /// `CLIENT LIST` (best effort: an ACL may forbid `CLIENT SETNAME`), so an
+    /// operator can tell the shared connection from the HTTP threads' own.
+    async fn open(&self, name: &str) -> RedisResult<Conn> {
         let cfg = &self.cfg;
         let conn = if cfg.cluster {
             let nodes = if cfg.nodes.is_empty() {
@@ -142,13 +145,20 @@ impl RedisStore {
         };
         let mut probe = conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut probe).await?;
+        if !cfg.cluster {
+            let _ = redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(name)
+                .query_async::<()>(&mut probe)
+                .await;
+        }
         Ok(conn)
     }
 
     /// One connection attempt, bounded by the connect timeout plus `op_timeout`.
     pub async fn connect(&self) -> Result<(), StoreError> {
         let limit = self.cfg.connect_timeout + self.cfg.op_timeout;
-        match tokio::time::timeout(limit, self.open()).await {
+        match tokio::time::timeout(limit, self.open("tickerd")).await {
             Ok(Ok(conn)) => {
                 self.conn.store(Some(Arc::new(conn)));
                 self.generation.fetch_add(1, Ordering::AcqRel);
@@ -218,10 +228,10 @@ impl RedisStore {
         if !self.is_up() {
             return Err(StoreError::Skipped);
         }
-        let conn = match self.thread_conn() {
-            Some(c) => c,
+        let (conn, own) = match self.thread_conn() {
+            Some(c) => (c, true),
             None => match self.conn.load_full() {
-                Some(c) => (*c).clone(),
+                Some(c) => ((*c).clone(), false),
                 None => return Err(StoreError::Skipped),
             },
         };
@@ -242,7 +252,15 @@ impl RedisStore {
             }
             Err(_) => StoreError::Timeout { op, timeout },
         };
-        self.drop_thread_conn();
+        if own {
+            // Only this thread's connection failed so far; it may just have
+            // gone stale (a server `timeout` or a NAT closing idle
+            // connections). Drop it without tripping the breaker for the
+            // whole daemon: the next call here goes through the shared
+            // connection, which trips it if Redis itself is gone.
+            self.drop_thread_conn();
+            return Err(res);
+        }
         self.trip(&res);
         Err(res)
     }
@@ -268,17 +286,21 @@ impl RedisStore {
                     return None;
                 }
             }
+            // A retry within one generation keeps the "already logged" mark.
+            let warned = own.store == store && own.generation == generation && own.warned;
             *own = OwnConn {
                 store,
                 generation,
                 conn: None,
                 opening: true,
                 retry_at: None,
+                warned,
             };
             let this = self.me.upgrade()?;
+            let name = format!("tickerd-{}", std::thread::current().name().unwrap_or("thread"));
             tokio::spawn(async move {
                 let limit = this.cfg.connect_timeout + this.cfg.op_timeout;
-                let opened = tokio::time::timeout(limit, this.open()).await;
+                let opened = tokio::time::timeout(limit, this.open(&name)).await;
                 // Runs on the thread that asked: its runtime is single-threaded.
                 THREAD_CONN.with(|slot| {
                     if let Ok(mut slot) = slot.try_borrow_mut()
@@ -290,7 +312,20 @@ impl RedisStore {
                         match opened {
                             Ok(Ok(c)) => own.conn = Some(c),
                             // The shared connection keeps serving; try again later.
-                            _ => own.retry_at = Some(Instant::now() + this.cfg.backoff),
+                            failed => {
+                                own.retry_at = Some(Instant::now() + this.cfg.backoff);
+                                let error = match failed {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => format!("no answer within {limit:?}"),
+                                };
+                                if !own.warned {
+                                    own.warned = true;
+                                    tracing::warn!(
+                                        redis = %this.display_url(), %error, retry_every = ?this.cfg.backoff,
+                                        "an HTTP thread cannot open its own redis connection; it uses the shared one meanwhile (check maxclients and ACLs)"
+                                    );
+                                }
+                            }
                         }
                     }
                 });
@@ -323,6 +358,8 @@ struct OwnConn {
     conn: Option<Conn>,
     opening: bool,
     retry_at: Option<Instant>,
+    /// The open failure was logged (once per generation).
+    warned: bool,
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
@@ -343,6 +380,7 @@ pub fn own_connections() {
                 conn: None,
                 opening: false,
                 retry_at: None,
+                warned: false,
             });
         }
     });

@@ -8,9 +8,16 @@
 //! (an inter-processor interrupt under virtualisation). Measured with the
 //! same binary, two single-threaded runtimes served 92-113k req/s where one
 //! two-worker runtime served 71-88k (L1 hits and /healthz, wrk -t2 -c64).
-//! Keep-alive connections stay on their thread, so a request never changes
-//! threads; the Redis connection, Lua workers and reload stay on the main
-//! runtime, which requests reach through channels as before.
+//! Keep-alive connections stay on their thread, and each thread keeps its own
+//! Redis connection (`cache::own_connections`), so a request, its Redis
+//! round trips and its answer run on one thread. Lua runs on its worker
+//! threads as before; the shared Redis connection, its supervisor, the L1
+//! listener, the file watcher and the producer stay on the main runtime.
+//!
+//! Connections are dealt by count, not by load: a client that keeps few
+//! connections (a proxy with a small upstream pool) uses that many threads,
+//! and a slow request (a long CSV answer) delays the other requests of its
+//! thread only.
 //!
 //! One listening socket, not `SO_REUSEPORT` per thread: with reuseport a
 //! second daemon started by mistake on the same port would bind silently and
@@ -68,9 +75,10 @@ pub struct Cores {
     exit: watch::Sender<bool>,
 }
 
-/// How many serving threads to start when the config leaves it open.
+/// How many serving threads to start when the config leaves it open: one
+/// per core, within the bound an explicit `http_threads` must respect.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(256)
 }
 
 /// Starts `threads` serving threads and the acceptor (on the caller's
