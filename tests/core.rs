@@ -362,6 +362,69 @@ async fn fifty_concurrent_misses_make_one_plugin_call() {
     assert!(misses >= 2, "the requests overlapped ({misses} misses)");
 }
 
+/// Calls of one Redis command so far (`INFO commandstats`).
+fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let mut c = redis.conn();
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut c).expect("INFO");
+    let tag = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&tag))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("slow", SLOW_PLUGIN)
+        .start()
+        .await;
+    let path = "/v1/data/slow/MSFT?start=2024-01-02&end=2024-01-02";
+    let (http, url) = (d.http.clone(), d.url(path));
+    let first = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
+    wait_for(
+        "the first request's fetch to be running",
+        Duration::from_secs(5),
+        || async {
+            let (_, stats) = d.get_json("/v1/stats").await;
+            (stats["inflight_fetches"] == 1).then_some(())
+        },
+    )
+    .await;
+    // The lock-release script's own GET counts in `cmdstat_get` too.
+    let gets_before = redis_calls(&redis, "get") - redis_calls(&redis, "eval");
+    let followers: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (d.http.clone(), d.url(path));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.expect("GET");
+                let x = r.headers()["x-cache"].to_str().unwrap_or("").to_owned();
+                (r.status().as_u16(), x, r.json::<Value>().await.unwrap_or(Value::Null))
+            })
+        })
+        .collect();
+    for f in followers {
+        let (s, x, body) = f.await.unwrap();
+        assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
+        assert_eq!(body["bars"][0]["close"], 1.5);
+    }
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+    assert_eq!(
+        redis_calls(&redis, "get") - redis_calls(&redis, "eval"),
+        gets_before,
+        "followers of a running miss read redis"
+    );
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "slow")]),
+        1.0
+    );
+    assert_eq!(metric(&m, "fetch_coalesced_total", &[("plugin", "slow")]), 20.0);
+    assert_eq!(metric(&m, "cache_misses_total", &[("plugin", "slow")]), 21.0);
+}
+
 #[tokio::test]
 async fn redis_absent_from_the_start_serves_from_memory() {
     let url = common::daemon::dead_redis_url();

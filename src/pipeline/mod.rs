@@ -99,6 +99,18 @@ impl Pipeline {
             .entry(&req.plugin, settings.cache_version, &req.ticker, &req.range);
 
         if !req.refresh
+            && let Some(result) = self.flights.join(&key).await
+        {
+            // A miss on this key is being fetched here already: wait for it
+            // rather than ask the cache, which cannot have the answer yet.
+            // In a storm on a cold key this spares every follower a Redis
+            // round trip, and the leader's lock and fetch no longer queue
+            // behind them.
+            pm.misses.inc();
+            pm.coalesced.inc();
+            return self.flight_answer(result, req, &key, pm).await;
+        }
+        if !req.refresh
             && let Some(found) = self.cache.read(&key, &req.range, pm).await
         {
             let now = now_ms();
@@ -126,10 +138,13 @@ impl Pipeline {
 
         let this = Arc::clone(self);
         let (r, k, p, pmc) = (req.clone(), key.clone(), Arc::clone(&plugin), Arc::clone(pm));
+        // A refresh is not joinable: requests that arrive meanwhile read the
+        // cache, which still holds a good answer, instead of waiting.
         let (result, role) = self
             .flights
             .run(
                 key.clone(),
+                !req.refresh,
                 move || async move { this.fetch_and_store(&r, &k, &p, &pmc).await },
                 |panic| Err(AppError::Internal(format!("fetch task failed: {panic}"))),
             )
@@ -137,6 +152,17 @@ impl Pipeline {
         if role == Role::Follower {
             pm.coalesced.inc();
         }
+        self.flight_answer(result, req, &key, pm).await
+    }
+
+    /// The answer from a fetch this request led or joined.
+    async fn flight_answer(
+        &self,
+        result: FlightResult,
+        req: &DataRequest,
+        key: &CacheKey,
+        pm: &PluginMetrics,
+    ) -> Result<Answer, AppError> {
         match result {
             Ok((env, layer)) => Ok(Answer {
                 ttl_s: env.ttl_left_s(now_ms()),
@@ -149,7 +175,7 @@ impl Pipeline {
                 },
                 layer,
             }),
-            Err(e) if e.is_fetch_failure() => self.stale_or(e, req, &key, pm).await,
+            Err(e) if e.is_fetch_failure() => self.stale_or(e, req, key, pm).await,
             Err(e) => Err(e),
         }
     }
