@@ -294,11 +294,15 @@ async fn no_data_is_remembered_for_negative_ttl() {
     .await;
 }
 
+/// `CLIENT LIST`: one line per connection, this one's own included.
+fn client_list(redis: &RedisServer) -> String {
+    let mut c = redis.conn();
+    redis::cmd("CLIENT").arg("LIST").query(&mut c).expect("CLIENT LIST")
+}
+
 /// Clients connected to `redis`, not counting the one asking.
 fn daemon_clients(redis: &RedisServer) -> usize {
-    let mut c = redis.conn();
-    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).expect("CLIENT LIST");
-    list.lines().count().saturating_sub(1)
+    client_list(redis).lines().count().saturating_sub(1)
 }
 
 /// Twelve requests at once, so the client opens several connections and
@@ -314,6 +318,22 @@ async fn burst(d: &Daemon, tag: &str) {
     }
 }
 
+/// Bursts (new keys each time, tagged `prefix`) until `done` holds, for up
+/// to 10 s: the HTTP threads open their connections as requests reach them.
+async fn burst_until(d: &Daemon, what: &str, prefix: &str, done: impl Fn() -> bool) {
+    let mut round = 0;
+    wait_for(what, Duration::from_secs(10), || {
+        round += 1;
+        let tag = format!("{prefix}{round}X");
+        let done = &done;
+        async move {
+            burst(d, &tag).await;
+            done().then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
     let mut redis = RedisServer::start();
@@ -324,14 +344,8 @@ async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
         .await;
     // The shared connection plus one per HTTP thread, and no more: a thread
     // that leaked connections would push the count past 4.
-    let mut round = 0;
-    wait_for("a redis connection per HTTP thread", Duration::from_secs(10), || {
-        round += 1;
-        let (d, redis, tag) = (&d, &redis, format!("A{round}X"));
-        async move {
-            burst(d, &tag).await;
-            (daemon_clients(redis) == 4).then_some(())
-        }
+    burst_until(&d, "a redis connection per HTTP thread", "A", || {
+        daemon_clients(&redis) == 4
     })
     .await;
     burst(&d, "MORE").await;
@@ -342,18 +356,9 @@ async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
         (metric(&d.metrics().await, "redis_up", &[]) == 1.0).then_some(())
     })
     .await;
-    wait_for(
-        "the HTTP threads' connections reopened",
-        Duration::from_secs(10),
-        || {
-            round += 1;
-            let (d, redis, tag) = (&d, &redis, format!("B{round}X"));
-            async move {
-                burst(d, &tag).await;
-                (daemon_clients(redis) == 4).then_some(())
-            }
-        },
-    )
+    burst_until(&d, "the HTTP threads' connections reopened", "B", || {
+        daemon_clients(&redis) == 4
+    })
     .await;
     // Entries written after the restart are in the new server.
     let (s, _, body) = status(&d, "/v1/data/synthetic/AFTERRESTART?start=2024-01-01&end=2024-01-31").await;
@@ -366,10 +371,9 @@ async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
 
 /// Ids of the clients connected to `redis` under `name` (`CLIENT SETNAME`).
 fn client_ids(redis: &RedisServer, name: &str) -> Vec<String> {
-    let mut c = redis.conn();
-    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).expect("CLIENT LIST");
     let tag = format!(" name={name} ");
-    list.lines()
+    client_list(redis)
+        .lines()
         .filter(|l| l.contains(&tag))
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_owned))
         .collect()
@@ -383,20 +387,10 @@ async fn a_thread_losing_its_redis_connection_does_not_open_the_breaker() {
         .config("http_threads = 2\n")
         .start()
         .await;
-    let mut round = 0;
-    wait_for(
-        "the shared and both threads' connections, named",
-        Duration::from_secs(10),
-        || {
-            round += 1;
-            let (d, redis, tag) = (&d, &redis, format!("N{round}X"));
-            async move {
-                burst(d, &tag).await;
-                let named = ["tickerd", "tickerd-http-0", "tickerd-http-1"];
-                named.iter().all(|n| client_ids(redis, n).len() == 1).then_some(())
-            }
-        },
-    )
+    let named = ["tickerd", "tickerd-http-0", "tickerd-http-1"];
+    burst_until(&d, "the shared and both threads' connections, named", "N", || {
+        named.iter().all(|n| client_ids(&redis, n).len() == 1)
+    })
     .await;
     // As a server `timeout` or a NAT would: one thread's connection goes away.
     let old = client_ids(&redis, "tickerd-http-0").remove(0);
@@ -410,14 +404,9 @@ async fn a_thread_losing_its_redis_connection_does_not_open_the_breaker() {
     assert_eq!(killed, 1);
     // Every request still succeeds (burst asserts 200) and the thread gets a
     // new connection, without the daemon-wide breaker opening.
-    wait_for("thread 0 back on a new connection", Duration::from_secs(10), || {
-        round += 1;
-        let (d, redis, tag, old) = (&d, &redis, format!("K{round}X"), old.clone());
-        async move {
-            burst(d, &tag).await;
-            let ids = client_ids(redis, "tickerd-http-0");
-            (ids.len() == 1 && ids[0] != old).then_some(())
-        }
+    burst_until(&d, "thread 0 back on a new connection", "K", || {
+        let ids = client_ids(&redis, "tickerd-http-0");
+        ids.len() == 1 && ids[0] != old
     })
     .await;
     assert_eq!(metric(&d.metrics().await, "redis_up", &[]), 1.0);

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{Bars, DateRange, push_ymd};
+use crate::model::{Bars, DateRange, json_into, push_ymd};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -49,19 +49,19 @@ impl DataDoc {
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(256 + 112 * self.bars.len());
         out.extend_from_slice(b"{\"plugin\":");
-        let _ = serde_json::to_writer(&mut out, &self.plugin);
+        json_into(&mut out, &self.plugin);
         out.extend_from_slice(b",\"ticker\":");
-        let _ = serde_json::to_writer(&mut out, &self.ticker);
+        json_into(&mut out, &self.ticker);
         out.extend_from_slice(b",\"start\":");
-        let _ = serde_json::to_writer(&mut out, &self.start);
+        json_into(&mut out, &self.start);
         out.extend_from_slice(b",\"end\":");
-        let _ = serde_json::to_writer(&mut out, &self.end);
+        json_into(&mut out, &self.end);
         out.extend_from_slice(b",\"bars\":");
         self.bars.write_json(&mut out);
         out.extend_from_slice(b",\"meta\":");
-        let _ = serde_json::to_writer(&mut out, &self.meta);
+        json_into(&mut out, &self.meta);
         out.extend_from_slice(b",\"fetched_at\":");
-        let _ = serde_json::to_writer(&mut out, &self.fetched_at);
+        json_into(&mut out, &self.fetched_at);
         out.push(b'}');
         // serde_json writes UTF-8 only; the fallback is never expected.
         String::from_utf8(out).unwrap_or_else(|_| serde_json::to_string(self).unwrap_or_else(|_| "{}".into()))

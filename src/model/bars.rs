@@ -59,7 +59,7 @@ fn whole_volume(x: f64) -> Option<u64> {
 
 /// One value as serde_json writes it. Writing into a `Vec` cannot fail, and
 /// these values (numbers, strings, dates) always serialise.
-fn json_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+pub fn json_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(&mut *out, v);
 }
 

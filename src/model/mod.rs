@@ -9,7 +9,7 @@ mod date_range;
 mod plugin_name;
 mod ticker;
 
-pub use bars::{Bar, Bars, ExtraValue};
+pub use bars::{Bar, Bars, ExtraValue, json_into};
 pub use date_range::{DateRange, parse_date, push_ymd, ymd, ymd_string};
 pub use plugin_name::PluginName;
 pub use ticker::Ticker;
