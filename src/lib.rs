@@ -12,6 +12,8 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod http;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -55,10 +55,11 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let producers = crate::producer::spawn(Arc::clone(&daemon), stop_rx.clone());
     let app = crate::http::router(Arc::clone(&daemon));
-    let mut cores = match crate::http::serve_per_core(listener, app, cfg.http_threads, stop_rx) {
+    let threads = cfg.http_threads.unwrap_or_else(crate::http::default_http_threads);
+    let mut cores = match crate::http::serve_per_core(listener, app, threads, stop_rx) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, threads = cfg.http_threads, "cannot start the HTTP threads; try a lower http_threads");
+            tracing::error!(error = %e, threads, "cannot start the HTTP threads; try a lower http_threads");
             return 1;
         }
     };

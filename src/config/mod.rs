@@ -121,8 +121,10 @@ pub struct Config {
     pub watcher: WatcherKind,
     pub poll_interval: Duration,
     pub drain_timeout: Duration,
-    /// Threads serving HTTP, each with its own runtime (see `http::cores`).
-    pub http_threads: usize,
+    /// Threads serving HTTP, each with its own runtime (see `http::cores`);
+    /// `None` means one per core, resolved where the threads are started so
+    /// the config does not depend on the HTTP layer.
+    pub http_threads: Option<usize>,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub plugins: BTreeMap<String, PluginOverrides>,
@@ -230,8 +232,8 @@ impl Config {
         let poll_interval = dur(&file.poll_interval, "poll_interval", Duration::from_millis(500))?;
         let drain_timeout = dur(&file.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
         let http_threads = match file.http_threads {
-            None => crate::http::default_http_threads(),
-            Some(n @ 1..=256) => n as usize,
+            None => None,
+            Some(n @ 1..=256) => Some(n as usize),
             Some(n) => {
                 return Err(invalid(
                     "http_threads",
@@ -518,9 +520,9 @@ mod tests {
         assert_eq!(c.cache.default_ttl, Duration::from_secs(86400));
         assert_eq!(c.cache.negative_ttl, Duration::from_secs(60));
         assert_eq!(c.cache.memory_max_entries, 10_000);
-        assert!(c.http_threads >= 1);
+        assert_eq!(c.http_threads, None);
         let c = Config::resolve(&Flags::default(), &env(&[]), None, Some("http_threads = 3\n")).unwrap();
-        assert_eq!(c.http_threads, 3);
+        assert_eq!(c.http_threads, Some(3));
     }
 
     #[test]
