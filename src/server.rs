@@ -45,8 +45,14 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
             None
         }
     };
+    // The bound address, not the configured one: with port 0 the kernel
+    // picks the port, and this line is where an operator (or the test
+    // harness) learns it.
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| cfg.listen.to_string(), |a| a.to_string());
     tracing::info!(
-        listen = %cfg.listen, plugins_dir = %cfg.plugins_dir.display(),
+        listen = %bound, plugins_dir = %cfg.plugins_dir.display(),
         plugins = report.loaded.len(), failed = report.failed.len(),
         redis = %daemon.cache.redis().display_url(),
         redis_up = daemon.cache.redis().is_up(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, DaemonBuilder, RedisServer, metric, unique, wait_for};
+use common::{Daemon, DaemonBuilder, RedisServer, counter_or_zero, expect_metric, metric, unique, wait_for};
 use serde_json::Value;
 
 fn slow_plugin(ms: u32, timeout: &str) -> String {
@@ -51,7 +51,7 @@ fn shared_config(redis: &RedisServer, prefix: &str) -> String {
 }
 
 async fn fetch_count(d: &Daemon, plugin: &str) -> f64 {
-    metric(
+    expect_metric(
         &d.metrics().await,
         "plugin_fetch_duration_seconds_count",
         &[("plugin", plugin)],
@@ -155,10 +155,10 @@ async fn redis_hung_with_sigstop_still_answers_within_op_timeout_plus_fetch() {
             "request {i} took {took:?} with redis hung"
         );
     }
-    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), 0.0);
+    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), Some(0.0));
     redis.resume();
     wait_for("redis_up back to 1", Duration::from_secs(10), || async {
-        (metric(&d.metrics().await, "redis_up", &[]) == 1.0).then_some(())
+        (metric(&d.metrics().await, "redis_up", &[]) == Some(1.0)).then_some(())
     })
     .await;
     let (s, _, body) = status(&d, "/v1/data/synthetic/AFTER?start=2024-01-01&end=2024-01-31").await;
@@ -192,17 +192,18 @@ async fn redis_restarted_under_concurrent_load_fails_no_request() {
         }));
     }
     wait_for("some load before the restart", Duration::from_secs(10), || async {
-        (metric(&d.metrics().await, "stock_requests_total", &[("plugin", "synthetic")]) > 200.0).then_some(())
+        (counter_or_zero(&d.metrics().await, "stock_requests_total", &[("plugin", "synthetic")]) > 200.0).then_some(())
     })
     .await;
     redis.restart();
     wait_for("redis_up after the restart", Duration::from_secs(10), || async {
-        (metric(&d.metrics().await, "redis_up", &[]) == 1.0).then_some(())
+        (metric(&d.metrics().await, "redis_up", &[]) == Some(1.0)).then_some(())
     })
     .await;
-    let before = metric(&d.metrics().await, "stock_requests_total", &[("plugin", "synthetic")]);
+    let before = expect_metric(&d.metrics().await, "stock_requests_total", &[("plugin", "synthetic")]);
     wait_for("load after the restart", Duration::from_secs(10), || async {
-        (metric(&d.metrics().await, "stock_requests_total", &[("plugin", "synthetic")]) > before + 200.0).then_some(())
+        (expect_metric(&d.metrics().await, "stock_requests_total", &[("plugin", "synthetic")]) > before + 200.0)
+            .then_some(())
     })
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -250,7 +251,7 @@ async fn stale_if_error_serves_the_expired_entry_and_errors_are_never_cached() {
     assert_eq!(body["cache"]["status"], "stale");
     assert_eq!(body["meta"]["v"], "good");
     let m = d.metrics().await;
-    assert!(metric(&m, "cache_stale_served_total", &[("plugin", "p")]) >= 2.0);
+    assert!(expect_metric(&m, "cache_stale_served_total", &[("plugin", "p")]) >= 2.0);
     // The failure was not cached: every request asked the plugin again.
     let calls = fetch_count(&d, "p").await;
     status(&d, path).await;
@@ -353,7 +354,7 @@ async fn each_http_thread_keeps_its_own_redis_connection_across_a_restart() {
 
     redis.restart();
     wait_for("redis_up after the restart", Duration::from_secs(10), || async {
-        (metric(&d.metrics().await, "redis_up", &[]) == 1.0).then_some(())
+        (metric(&d.metrics().await, "redis_up", &[]) == Some(1.0)).then_some(())
     })
     .await;
     burst_until(&d, "the HTTP threads' connections reopened", "B", || {
@@ -409,7 +410,7 @@ async fn a_thread_losing_its_redis_connection_does_not_open_the_breaker() {
         ids.len() == 1 && ids[0] != old
     })
     .await;
-    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), 1.0);
+    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), Some(1.0));
     assert!(
         !d.log().contains("skipping redis"),
         "the breaker opened for one thread's lost connection:\n{}",

@@ -81,5 +81,5 @@ async fn invalidation_and_refresh_in_one_daemon_evict_every_l1() {
     })
     .await;
     let m = b.metrics().await;
-    assert!(common::metric(&m, "cache_hits_total", &[("plugin", "synthetic"), ("cache_type", "l1")]) >= 1.0);
+    assert!(common::expect_metric(&m, "cache_hits_total", &[("plugin", "synthetic"), ("cache_type", "l1")]) >= 1.0);
 }

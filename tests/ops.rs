@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{DaemonBuilder, RedisServer, metric, unique, wait_for};
+use common::{DaemonBuilder, RedisServer, counter_or_zero, expect_metric, unique, wait_for};
 
 #[tokio::test]
 async fn the_producer_publishes_watched_tickers_to_a_stream() {
@@ -50,8 +50,8 @@ async fn the_producer_publishes_watched_tickers_to_a_stream() {
         "the second round comes from the cache"
     );
     let m = d.metrics().await;
-    assert!(metric(&m, "stream_published_total", &[("stream", &stream)]) >= 4.0);
-    assert!(metric(&m, "stock_requests_total", &[("plugin", "synthetic")]) >= 4.0);
+    assert!(expect_metric(&m, "stream_published_total", &[("stream", &stream)]) >= 4.0);
+    assert!(expect_metric(&m, "stock_requests_total", &[("plugin", "synthetic")]) >= 4.0);
 }
 
 #[tokio::test]
@@ -68,7 +68,7 @@ async fn the_producer_skips_and_counts_while_redis_is_down_then_stops_on_sigterm
     redis.kill();
     wait_for("a skipped publish to be counted", Duration::from_secs(15), || async {
         let m = d.metrics().await;
-        (metric(&m, "stream_publish_errors_total", &[("stream", &stream)]) >= 1.0).then_some(())
+        (counter_or_zero(&m, "stream_publish_errors_total", &[("stream", &stream)]) >= 1.0).then_some(())
     })
     .await;
     assert_eq!(d.get_json("/healthz").await.0, 200, "still alive");

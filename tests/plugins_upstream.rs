@@ -182,7 +182,7 @@ async fn yahoo_rate_limit_is_an_upstream_error_and_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_an_upstream_error_naming_the_host_not_the_query() {
     let redis = RedisServer::start();
-    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let dead = format!("http://127.0.0.1:{}", common::dead_port());
     let d = DaemonBuilder::new(&redis.url())
         .bundled("yahoo")
         .bundled("alphavantage")

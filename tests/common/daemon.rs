@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{free_port, wait_for};
@@ -20,7 +21,8 @@ pub struct Daemon {
     pub port: u16,
     pub plugins_dir: PathBuf,
     pub config_path: PathBuf,
-    child: Option<Child>,
+    /// Behind a lock so waits holding `&Daemon` can check it is still alive.
+    child: Mutex<Option<Child>>,
     _plugins: tempfile::TempDir,
     _config: tempfile::NamedTempFile,
     pub http: reqwest::Client,
@@ -86,10 +88,13 @@ impl DaemonBuilder {
         self.plugins.path()
     }
 
+    /// Starts the daemon and waits until it serves. Unless `listen` was
+    /// given, it listens on 127.0.0.1 port 0 and the port is read back from
+    /// its own "tickerd is serving" log line, so the process answering is
+    /// always the one we started. If the child exits first, this fails at once
+    /// with its exit status and log tail.
     pub async fn start(self) -> Daemon {
-        let port = free_port();
-        let listen = self.listen.clone().unwrap_or_else(|| format!("127.0.0.1:{port}"));
-        let port = listen.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(port);
+        let listen = self.listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned());
         let prefix = super::unique("t");
         let mut config = tempfile::NamedTempFile::new().expect("config temp file");
         let has_redis_section = self.config.contains("[redis]");
@@ -132,12 +137,12 @@ impl DaemonBuilder {
         }
         let child = cmd.spawn().expect("start tickerd");
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let d = Daemon {
-            base: format!("http://{listen}"),
-            port,
+        let mut d = Daemon {
+            base: String::new(),
+            port: 0,
             plugins_dir: self.plugins.path().to_path_buf(),
             config_path: config.path().to_path_buf(),
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             _plugins: self.plugins,
             _config: config,
             http: reqwest::Client::builder()
@@ -146,10 +151,32 @@ impl DaemonBuilder {
                 .expect("client"),
             log,
         };
+        let addr = d
+            .wait_alive("its \"tickerd is serving\" log line", Duration::from_secs(30), || {
+                let log = d.log();
+                async move {
+                    log.lines()
+                        .find(|l| l.contains("tickerd is serving"))
+                        .and_then(served_addr)
+                }
+            })
+            .await;
+        let port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in the logged listen address {addr:?}"));
+        // A wildcard listener is reached over loopback.
+        let host = match addr.rsplit_once(':').map(|(h, _)| h) {
+            Some("0.0.0.0") | None => "127.0.0.1".to_owned(),
+            Some("[::]") => "[::1]".to_owned(),
+            Some(h) => h.to_owned(),
+        };
+        d.port = port;
+        d.base = format!("http://{host}:{port}");
         let url = format!("{}/readyz", d.base);
-        let http = d.http.clone();
-        wait_for("tickerd /readyz to answer 200", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), url.clone());
+        d.wait_alive("tickerd /readyz to answer 200", Duration::from_secs(30), || {
+            let (http, url) = (d.http.clone(), url.clone());
             async move {
                 match http.get(&url).send().await {
                     Ok(r) if r.status() == 200 => Some(()),
@@ -160,6 +187,17 @@ impl DaemonBuilder {
         .await;
         d
     }
+}
+
+/// The address in a "tickerd is serving" line: `listen=ADDR` in text logs,
+/// `"listen":"ADDR"` in JSON logs.
+fn served_addr(line: &str) -> Option<String> {
+    let rest = line
+        .split_once("\"listen\":\"")
+        .or_else(|| line.split_once(" listen="))
+        .map(|(_, r)| r)?;
+    let addr: String = rest.chars().take_while(|c| !matches!(c, '"' | ' ')).collect();
+    (!addr.is_empty()).then_some(addr)
 }
 
 impl Daemon {
@@ -196,7 +234,44 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Polls `f` like [`super::wait_for`], but fails at once, with the exit
+    /// status and log tail, if the daemon process has exited.
+    pub async fn wait_alive<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                panic!(
+                    "tickerd (pid {}) exited with {status} while waiting for {what}; log tail:\n{}",
+                    self.pid(),
+                    super::tail(&self.log(), 40)
+                );
+            }
+            if let Some(v) = f().await {
+                return v;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} (tickerd pid {} still running); log tail:\n{}",
+                    self.pid(),
+                    super::tail(&self.log(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The exit status if the daemon process has exited.
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Log output so far (for assertions and for failure messages).
@@ -212,7 +287,7 @@ impl Daemon {
 
     /// Waits for the process to exit and returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
+        let mut child = self.child.get_mut().unwrap_or_else(|e| e.into_inner()).take()?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -230,19 +305,25 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        let exited = self.exit_status();
+        if let Some(mut c) = self.child.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = c.kill();
             let _ = c.wait();
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         } else {
-            eprintln!("--- tickerd log ({}) ---\n{}", self.log.display(), self.log());
+            let state = match exited {
+                Some(status) => format!("it had exited with {status}"),
+                None => "it was still running".to_owned(),
+            };
+            eprintln!("--- tickerd log ({}; {state}) ---\n{}", self.log.display(), self.log());
         }
     }
 }
 
-/// A loopback port with nothing listening (for "Redis absent").
+/// A loopback port where connections are refused for the whole test (for
+/// "Redis absent"): see [`super::dead_port`].
 pub fn dead_redis_url() -> String {
-    format!("redis://127.0.0.1:{}/0", free_port())
+    format!("redis://127.0.0.1:{}/0", super::dead_port())
 }
