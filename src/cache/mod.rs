@@ -56,7 +56,6 @@ pub struct Cache {
     memory: MemoryLayer,
     l1: Option<Arc<L1>>,
     settings: ArcSwap<CacheConfig>,
-    metrics: Arc<Metrics>,
 }
 
 /// `SET key value PX ms`, its buffer sized for the value up front: growing
@@ -79,9 +78,8 @@ impl Cache {
             space,
             memory: MemoryLayer::new(cache_cfg.memory_max_entries),
             l1: (!cache_cfg.l1_ttl.is_zero()).then(|| Arc::new(L1::new(cache_cfg.l1_ttl, cache_cfg.l1_max_entries))),
-            redis: RedisStore::new(redis_cfg, Arc::clone(&metrics)),
+            redis: RedisStore::new(redis_cfg, metrics),
             settings: ArcSwap::from_pointee(cache_cfg),
-            metrics,
         }
     }
 
@@ -407,9 +405,5 @@ impl Cache {
             })
             .await?;
         Ok(deleted)
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 }

@@ -15,7 +15,7 @@ pub enum RawDuration {
     Text(String),
 }
 
-pub const ACCEPTED: &str = "a duration such as \"250ms\", \"10s\", \"1h\", \"24h\" or plain seconds";
+const ACCEPTED: &str = "a duration such as \"250ms\", \"10s\", \"1h\", \"24h\" or plain seconds";
 
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let t = raw.trim();

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use duration::{ACCEPTED as DURATION_FORMS, RawDuration, parse_duration};
+pub use duration::{RawDuration, parse_duration};
 use file::{FileConfig, PluginSection};
 
 use crate::model::{PluginName, Ticker};

@@ -77,8 +77,8 @@ impl<F: Future> Future for Deadlined<F> {
 
 const PRELUDE: &str = r##"
 local raw_pcall, raw_xpcall, raw_resume, raw_create, raw_close, raw_status,
-      raw_load, passed, log_info, pending = ...
-local select, error, tostring, type = select, error, tostring, type
+      raw_load, passed, pending = ...
+local select, error = select, error
 local IN_COROUTINE = "http.* cannot be called inside a coroutine you created "
   .. "(coroutine.wrap/coroutine.resume); call it from fetch or from functions fetch calls"
 local function recheck(ok, ...)
@@ -124,11 +124,6 @@ load = function(chunk, name, mode, env)
   -- Text only, whatever the caller asks for: binary chunks can crash the VM.
   if env == nil then return raw_load(chunk, name, "t") end
   return raw_load(chunk, name, "t", env)
-end
-print = function(...)
-  local parts = {}
-  for i = 1, select("#", ...) do parts[#parts + 1] = tostring((select(i, ...))) end
-  log_info(table.concat(parts, "\t"))
 end
 "##;
 
@@ -180,10 +175,6 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
     string.raw_set("dump", Value::Nil)?;
 
     let passed = lua.create_function(|_, ()| Ok(deadline_passed().is_some()))?;
-    let log_info = lua.create_function(|_, msg: String| {
-        tracing::info!(target: "tickerd::plugin", "{msg}");
-        Ok(())
-    })?;
     let coroutine: mlua::Table = g.raw_get("coroutine")?;
     lua.load(PRELUDE)
         .set_name("=tickerd-prelude")
@@ -197,7 +188,6 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
             coroutine.raw_get::<Value>("status")?,
             g.raw_get::<Value>("load")?,
             passed,
-            log_info,
             Lua::poll_pending(),
         ))?;
 

@@ -10,7 +10,8 @@
 //! separators and newlines inside, `""` for a quote inside quotes, LF, CRLF
 //! or CR line ends, a trailing newline or none, a UTF-8 byte order mark.
 //! Blank lines are skipped. A quote in the middle of an unquoted field is
-//! kept as a character; a quoted field left open is an error naming its line.
+//! kept as a character; a quoted field left open is an error naming the line
+//! its record starts on. The separator is one ASCII character.
 
 use mlua::{Lua, Table, Value};
 
@@ -30,8 +31,8 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.globals().raw_set("csv", t)
 }
 
-fn read_opts(opts: Option<Table>) -> mlua::Result<(bool, char)> {
-    let (mut header, mut sep) = (true, ',');
+fn read_opts(opts: Option<Table>) -> mlua::Result<(bool, u8)> {
+    let (mut header, mut sep) = (true, b',');
     let Some(opts) = opts else { return Ok((header, sep)) };
     for pair in opts.pairs::<Value, Value>() {
         let (k, v) = pair?;
@@ -39,13 +40,12 @@ fn read_opts(opts: Option<Table>) -> mlua::Result<(bool, char)> {
             ("header", Value::Boolean(b)) => header = b,
             ("header", Value::Nil) => {}
             ("separator", Value::String(s)) => {
-                let s = s.to_string_lossy();
-                let mut cs = s.chars();
-                sep = match (cs.next(), cs.next()) {
-                    (Some(c), None) if !matches!(c, '"' | '\r' | '\n') => c,
+                sep = match s.as_bytes()[..] {
+                    [c] if c.is_ascii() && !matches!(c, b'"' | b'\r' | b'\n') => c,
                     _ => {
                         return Err(mlua::Error::runtime(format!(
-                            "csv.parse: separator must be one character other than a quote or a newline, got {s:?}"
+                            "csv.parse: separator must be one ASCII character other than a quote or a newline, got {:?}",
+                            s.to_string_lossy()
                         )));
                     }
                 };
@@ -87,65 +87,31 @@ fn to_lua(lua: &Lua, records: Vec<Vec<String>>, header: bool) -> mlua::Result<(T
     Ok((out, Value::Table(lua.create_sequence_from(names)?)))
 }
 
-/// Splits `text` into records of fields.
-pub fn parse_records(text: &str, sep: char) -> Result<Vec<Vec<String>>, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+/// Splits `text` into records of fields, with the `csv` crate: `flexible`
+/// because real downloads have short and long rows, no header handling
+/// (done in [`to_lua`]), `\r`, `\n` and `\r\n` all end a record.
+pub fn parse_records(text: &str, sep: u8) -> Result<Vec<Vec<String>>, String> {
+    // The crate reads an open quoted field to the end of the input without
+    // an error. A sentinel record after the text shows it: it only comes
+    // back as a record of its own when every quote was closed.
+    let sentinel = if sep == b'x' { "y" } else { "x" };
+    let tail = [b'\n', sentinel.as_bytes()[0]];
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(sep)
+        .from_reader(std::io::Read::chain(text.as_bytes(), &tail[..]));
     let mut records = Vec::new();
-    let mut record: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false; // the current field started with a quote
-    let mut in_quotes = false;
-    let (mut line, mut opened_at) = (1usize, 1usize);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                _ => {
-                    if c == '\n' {
-                        line += 1;
-                    }
-                    field.push(c);
-                }
-            }
-            continue;
-        }
-        match c {
-            '"' if field.is_empty() && !quoted => {
-                in_quotes = true;
-                quoted = true;
-                opened_at = line;
-            }
-            '\r' | '\n' => {
-                if c == '\r' && chars.peek() == Some(&'\n') {
-                    chars.next();
-                }
-                line += 1;
-                if !(record.is_empty() && field.is_empty() && !quoted) {
-                    record.push(std::mem::take(&mut field));
-                    records.push(std::mem::take(&mut record));
-                }
-                quoted = false;
-            }
-            _ if c == sep => {
-                record.push(std::mem::take(&mut field));
-                quoted = false;
-            }
-            _ => field.push(c),
-        }
+    let mut last_line = 1;
+    for record in reader.records() {
+        let record = record.map_err(|e| e.to_string())?;
+        last_line = record.position().map_or(last_line, |p| p.line());
+        records.push(record.iter().map(str::to_owned).collect::<Vec<_>>());
     }
-    if in_quotes {
-        return Err(format!("line {opened_at}: a quoted field is never closed"));
+    match records.pop() {
+        Some(last) if last.len() == 1 && last[0] == sentinel => Ok(records),
+        _ => Err(format!("line {last_line}: a quoted field is never closed")),
     }
-    if !(record.is_empty() && field.is_empty() && !quoted) {
-        record.push(field);
-        records.push(record);
-    }
-    Ok(records)
 }
 
 #[cfg(test)]
@@ -153,7 +119,7 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Vec<Vec<String>> {
-        parse_records(s, ',').unwrap()
+        parse_records(s, b',').unwrap()
     }
 
     fn v(rows: &[&[&str]]) -> Vec<Vec<String>> {
@@ -194,15 +160,27 @@ mod tests {
     #[test]
     fn other_separators() {
         assert_eq!(
-            parse_records("a;b\n1;\"2;3\"\n", ';').unwrap(),
+            parse_records("a;b\n1;\"2;3\"\n", b';').unwrap(),
             v(&[&["a", "b"], &["1", "2;3"]])
         );
-        assert_eq!(parse_records("a\tb\n", '\t').unwrap(), v(&[&["a", "b"]]));
+        assert_eq!(parse_records("a\tb\n", b'\t').unwrap(), v(&[&["a", "b"]]));
     }
 
     #[test]
     fn unclosed_quote_names_its_line() {
-        let e = parse_records("a,b\n1,\"2\n3\n", ',').unwrap_err();
+        let e = parse_records("a,b\n1,\"2\n3\n", b',').unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+        let e = parse_records("\"a", b',').unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn input_that_looks_like_the_end_marker_is_kept() {
+        assert_eq!(p("x\nx"), v(&[&["x"], &["x"]]));
+        assert_eq!(parse_records("x\ny\n", b'x').unwrap(), v(&[&["", ""], &["y"]]));
+        assert!(
+            parse_records("a\n\"x", b',').is_err(),
+            "an open quote ending in the marker letter"
+        );
     }
 }
