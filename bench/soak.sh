@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
 # Soak: mixed load on loopback for SOAK_SECONDS (default 600) while Redis is
-# restarted every RESTART_EVERY seconds (default 60). Prints requests,
-# failures (must be 0) and RSS at start and end (must stay flat).
+# restarted every RESTART_EVERY seconds (default 60) and a ticker invalidated
+# every 5 s. Prints requests, failures and RSS at start and end (must stay
+# flat). Exits 1 on any failure: a non-2xx answer, a wrk socket error
+# (connect, read, write, timeout), a failed invalidation, a daemon that died.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 SOAK_SECONDS=${SOAK_SECONDS:-600}
 RESTART_EVERY=${RESTART_EVERY:-60}
 
-have() { command -v "$1" >/dev/null 2>&1; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-have wrk || { as_root apt-get update -qq && as_root apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet --bin tickerd
-BIN=$ROOT/target/release/tickerd
+have wrk || apt_install wrk
+# BENCH_BIN_DIR=target/debug checks the script quickly with a binary built there.
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  BIN=$(cd "$BENCH_BIN_DIR" && pwd)/tickerd
+else
+  cargo build --release --quiet --bin tickerd
+  BIN=$ROOT/target/release/tickerd
+fi
 
 WORK=$(mktemp -d)
 RPID=""; TPID=""
 cleanup() { [ -n "$TPID" ] && kill "$TPID" 2>/dev/null; [ -n "$RPID" ] && kill "$RPID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$WORK/redis.log" 2>&1 &
   RPID=$!
-  for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+  wait_for redis-server "$RPID" "$WORK/redis.log" redis-cli -p "$RPORT" ping
 }
 
 RPORT=$(free_port); PORT=$(free_port)
@@ -33,7 +39,7 @@ printf '[redis]\nop_timeout = "100ms"\nbackoff = "500ms"\n[cache]\nmemory_max_en
 TICKERD_LOG=warn REDIS_URL="redis://127.0.0.1:$RPORT/0" "$BIN" serve --listen "127.0.0.1:$PORT" \
   --plugins "$WORK/plugins" --config "$WORK/config.toml" >"$WORK/tickerd.log" 2>&1 &
 TPID=$!
-for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.05; done
+wait_for tickerd "$TPID" "$WORK/tickerd.log" curl -sf "http://127.0.0.1:$PORT/readyz"
 BASE="http://127.0.0.1:$PORT"
 
 # Mixed load: mostly hits over 2000 keys, some new keys, some refreshes.
@@ -56,15 +62,20 @@ end
 LUA
 
 # Warm up, then take the starting RSS.
-wrk -t2 -c32 -d10s -s "$WORK/mixed.lua" "$BASE" >/dev/null
+wrk -t2 -c32 -d10s -s "$WORK/mixed.lua" "$BASE" > "$WORK/warmup.txt"
+WARMUP_FAILURES=$(wrk_failures "$WORK/warmup.txt")
 RSS_START=$(rss_kib "$TPID")
 
 wrk -t2 -c32 -d"${SOAK_SECONDS}s" --timeout 5s -s "$WORK/mixed.lua" "$BASE" > "$WORK/wrk.txt" &
 WRK=$!
-START=$(date +%s); RESTARTS=0; INVALIDATIONS=0; RSS_SERIES=""; NEXT_SAMPLE=0
+START=$(date +%s); RESTARTS=0; INVALIDATIONS=0; FAILED_INVALIDATIONS=0; RSS_SERIES=""; NEXT_SAMPLE=0
 while kill -0 "$WRK" 2>/dev/null; do
   sleep 5
-  curl -s -X DELETE "$BASE/v1/cache?ticker=H$((RANDOM % 2000 + 1))" >/dev/null && INVALIDATIONS=$((INVALIDATIONS + 1))
+  if curl -sf -m 5 -X DELETE "$BASE/v1/cache?ticker=H$((RANDOM % 2000 + 1))" >/dev/null; then
+    INVALIDATIONS=$((INVALIDATIONS + 1))
+  else
+    FAILED_INVALIDATIONS=$((FAILED_INVALIDATIONS + 1))
+  fi
   NOW=$(date +%s)
   if [ $((NOW - START)) -ge "$NEXT_SAMPLE" ]; then
     RSS_SERIES="$RSS_SERIES $(( $(rss_kib "$TPID") / 1024 ))"
@@ -77,16 +88,24 @@ while kill -0 "$WRK" 2>/dev/null; do
     RESTARTS=$((RESTARTS + 1))
   fi
 done
-wait "$WRK" || true
+WRK_STATUS=0; wait "$WRK" || WRK_STATUS=$?
+kill -0 "$TPID" 2>/dev/null || { tail -n 20 "$WORK/tickerd.log" >&2; bench_die "tickerd died during the soak"; }
 RSS_END=$(rss_kib "$TPID")
 
-REQUESTS=$(awk '/requests in/{print $1}' "$WORK/wrk.txt")
-NON2XX=$(awk '/Non-2xx/{print $NF}' "$WORK/wrk.txt"); NON2XX=${NON2XX:-0}
-SOCKET=$(awk -F'[ ,]+' '/Socket errors/{print $4+$6+$8+$10}' "$WORK/wrk.txt"); SOCKET=${SOCKET:-0}
+REQUESTS=$(wrk_requests "$WORK/wrk.txt")
+NON2XX=$(wrk_non2xx "$WORK/wrk.txt")
+SOCKET=$(wrk_socket_errors "$WORK/wrk.txt")
+FAILURES=$((NON2XX + SOCKET + FAILED_INVALIDATIONS + WARMUP_FAILURES))
 echo
 echo "soak: ${SOAK_SECONDS}s mixed load (80% hits / 15% new keys / 5% refresh), $RESTARTS redis restarts, $INVALIDATIONS invalidations"
 echo "requests:  $REQUESTS"
-echo "failures:  $((NON2XX + SOCKET))  (non-2xx $NON2XX, socket errors $SOCKET)"
+echo "failures:  $FAILURES  (non-2xx $NON2XX, socket errors $SOCKET, failed invalidations $FAILED_INVALIDATIONS, warm-up $WARMUP_FAILURES)"
+grep -m1 'Socket errors' "$WORK/wrk.txt" || true
 echo "RSS:       start ${RSS_START} KiB, end ${RSS_END} KiB"
 echo "RSS MiB each minute:${RSS_SERIES}"
 grep -E "Latency|Requests/sec" "$WORK/wrk.txt"
+[ "$WRK_STATUS" = 0 ] || bench_die "wrk exited with status $WRK_STATUS"
+if [ "$FAILURES" -gt 0 ]; then
+  echo "soak FAILED: $FAILURES failures" >&2
+  exit 1
+fi
