@@ -186,7 +186,9 @@ fn fetch(
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("tickerd: {} ({}): {e}", e.code(), e.status().as_u16());
+                // The status an HTTP client would get for the same failure.
+                let status = crate::http::ApiError::from(e.clone()).status().as_u16();
+                eprintln!("tickerd: {} ({status}): {e}", e.code());
                 ExitCode::from(1)
             }
         }

@@ -1,119 +1,92 @@
-//! One error type for everything a request can run into, and its one mapping
-//! to an HTTP status and a stable `code` string that clients can switch on.
+//! The domain error: why a fetch (a data request through the pipeline, the
+//! plugin runtime and the cache) did not produce data. It knows nothing of
+//! HTTP: the edge maps it to a status in one place (`http/error.rs`'s
+//! `ApiError`). It is serde-able so that a failure crosses daemons as itself
+//! (the fleet lock's failure marker): `{"code": "...", "message": "..."}`.
 
-use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
 
-use crate::model::InvalidField;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AppError {
-    #[error("{field}: {message}")]
-    BadRequest { field: String, message: String },
-    #[error("request line too long: {0}")]
-    UriTooLong(String),
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "code", content = "message", rename_all = "snake_case")]
+pub enum FetchError {
+    /// No plugin file of that name (the field is the name asked for).
     #[error("no plugin named {0:?} is loaded; GET /v1/plugins lists them")]
     PluginNotFound(String),
+    /// The source has no data for the ticker and range.
     #[error("{0}")]
     NoData(String),
+    /// The plugin raised an error or broke a host limit.
     #[error("{0}")]
     PluginError(String),
+    /// The plugin returned something that breaks the output contract.
     #[error("{0}")]
     InvalidPluginOutput(String),
+    /// The plugin's upstream answered with an error or could not be reached.
     #[error("{0}")]
     UpstreamError(String),
+    /// The plugin cannot take the request now (never loaded, saturated).
     #[error("{0}")]
     PluginUnavailable(String),
+    /// The plugin did not finish within its timeout.
     #[error("{0}")]
     PluginTimeout(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    CacheUnavailable(String),
+    /// A bug on our side (a fetch task panicked).
     #[error("{0}")]
     Internal(String),
 }
 
-impl From<InvalidField> for AppError {
-    fn from(e: InvalidField) -> Self {
-        AppError::BadRequest {
-            field: e.field.to_owned(),
-            message: e.message,
-        }
-    }
-}
-
-impl AppError {
-    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
-        AppError::BadRequest {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The stable machine-readable code; also the `reason` label of
-    /// `stock_requests_failure_total`.
+impl FetchError {
+    /// The stable machine-readable code: the `code` of the HTTP error body
+    /// and the `reason` label of `stock_requests_failure_total`.
     pub fn code(&self) -> &'static str {
         match self {
-            AppError::BadRequest { .. } => "bad_request",
-            AppError::UriTooLong(_) => "uri_too_long",
-            AppError::PluginNotFound(_) => "plugin_not_found",
-            AppError::NoData(_) => "no_data",
-            AppError::PluginError(_) => "plugin_error",
-            AppError::InvalidPluginOutput(_) => "invalid_plugin_output",
-            AppError::UpstreamError(_) => "upstream_error",
-            AppError::PluginUnavailable(_) => "plugin_unavailable",
-            AppError::PluginTimeout(_) => "plugin_timeout",
-            AppError::Unauthorized(_) => "unauthorized",
-            AppError::Forbidden(_) => "forbidden",
-            AppError::NotFound(_) => "not_found",
-            AppError::CacheUnavailable(_) => "cache_unavailable",
-            AppError::Internal(_) => "internal",
+            FetchError::PluginNotFound(_) => "plugin_not_found",
+            FetchError::NoData(_) => "no_data",
+            FetchError::PluginError(_) => "plugin_error",
+            FetchError::InvalidPluginOutput(_) => "invalid_plugin_output",
+            FetchError::UpstreamError(_) => "upstream_error",
+            FetchError::PluginUnavailable(_) => "plugin_unavailable",
+            FetchError::PluginTimeout(_) => "plugin_timeout",
+            FetchError::Internal(_) => "internal",
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            AppError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            AppError::PluginNotFound(_) | AppError::NoData(_) | AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::PluginError(_) | AppError::InvalidPluginOutput(_) | AppError::UpstreamError(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            AppError::PluginUnavailable(_) | AppError::CacheUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::PluginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The fetch failure a `code()` names, for errors that travel between
-    /// daemons (the fleet lock's failure marker); anything else reads as
-    /// `plugin_error`.
-    pub fn fetch_failure_from_code(code: &str, message: String) -> Self {
-        match code {
-            "upstream_error" => AppError::UpstreamError(message),
-            "plugin_timeout" => AppError::PluginTimeout(message),
-            "invalid_plugin_output" => AppError::InvalidPluginOutput(message),
-            "plugin_unavailable" => AppError::PluginUnavailable(message),
-            _ => AppError::PluginError(message),
-        }
-    }
-
-    /// Whether a stale copy may stand in for this failure (stale-if-error):
-    /// only when the source failed, never when the request itself was wrong.
+    /// Whether a stale copy may stand in for this failure (stale-if-error),
+    /// and whether waiting daemons are told of it: only when the source
+    /// failed, never when the request itself was wrong.
     pub fn is_fetch_failure(&self) -> bool {
         matches!(
             self,
-            AppError::PluginError(_)
-                | AppError::InvalidPluginOutput(_)
-                | AppError::UpstreamError(_)
-                | AppError::PluginTimeout(_)
-                | AppError::PluginUnavailable(_)
+            FetchError::PluginError(_)
+                | FetchError::InvalidPluginOutput(_)
+                | FetchError::UpstreamError(_)
+                | FetchError::PluginTimeout(_)
+                | FetchError::PluginUnavailable(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crosses_daemons_as_code_and_message() {
+        let e = FetchError::UpstreamError("plugin yahoo: HTTP 502".into());
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"code":"upstream_error","message":"plugin yahoo: HTTP 502"}"#);
+        assert_eq!(serde_json::from_str::<FetchError>(&json).unwrap(), e);
+        // The code in the marker is the code clients see.
+        for e in [
+            FetchError::PluginTimeout("t".into()),
+            FetchError::InvalidPluginOutput("o".into()),
+            FetchError::PluginUnavailable("u".into()),
+            FetchError::PluginError("p".into()),
+        ] {
+            let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["code"], e.code());
+            assert_eq!(v["message"], e.to_string());
+        }
+        assert!(serde_json::from_str::<FetchError>(r#"{"code":"no_such_code","message":"m"}"#).is_err());
     }
 }

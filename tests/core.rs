@@ -192,6 +192,16 @@ async fn each_bad_request_is_a_400_naming_the_field() {
         .get(&format!("/v1/data/synthetic/AAPL?start={}", "9".repeat(9000)))
         .await;
     assert_eq!(r.status(), 414);
+    let (s, body) = d.get_json("/v1/nosuch").await;
+    assert_eq!((s, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let r = reqwest::Client::new()
+        .post(d.url("/v1/data/synthetic/AAPL"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
     // Defaults: no dates means yesterday..yesterday, lower-case ticker is upper-cased.
     let (s, body) = d.get_json("/v1/data/synthetic/msft").await;
     assert!(s == 200 || s == 404, "{body}");

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use rand::Rng;
 
 use super::{Cache, CacheKey, Envelope, Found, Layer, StoreError};
-use crate::error::AppError;
+use crate::error::FetchError;
 use crate::model::DateRange;
 
 const RELEASE: &str =
@@ -35,21 +35,9 @@ pub enum Waited {
     /// The holder's value landed.
     Value(Found),
     /// The holder's fetch failed with this error.
-    Failed(AppError),
+    Failed(FetchError),
     /// The lock is free (released or expired): fetch yourself.
     Free,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ErrorMarker {
-    code: String,
-    message: String,
-}
-
-impl ErrorMarker {
-    fn into_error(self) -> AppError {
-        AppError::fetch_failure_from_code(&self.code, self.message)
-    }
 }
 
 impl Cache {
@@ -120,12 +108,8 @@ impl Cache {
     }
 
     /// Leaves the failure where waiting daemons will see it, briefly.
-    pub async fn publish_failure(&self, key: &CacheKey, err: &AppError, life: Duration) {
-        let marker = ErrorMarker {
-            code: err.code().to_owned(),
-            message: err.to_string(),
-        };
-        let Ok(bytes) = serde_json::to_vec(&marker) else { return };
+    pub async fn publish_failure(&self, key: &CacheKey, err: &FetchError, life: Duration) {
+        let Ok(bytes) = serde_json::to_vec(err) else { return };
         let k = self.keys().error(key);
         let _ = self
             .redis()
@@ -183,9 +167,9 @@ impl Cache {
                 });
             }
             if let Some(bytes) = error
-                && let Ok(marker) = serde_json::from_slice::<ErrorMarker>(&bytes)
+                && let Ok(err) = serde_json::from_slice::<FetchError>(&bytes)
             {
-                return Waited::Failed(marker.into_error());
+                return Waited::Failed(err);
             }
             if !locked || Instant::now() >= deadline {
                 return Waited::Free;

@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::error::ApiError;
 use super::query::Query;
 use crate::cache::Selector;
-use crate::error::AppError;
 use crate::model::{DateRange, PluginName, Ticker};
 
-pub fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+pub fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let cfg = d.config.load();
     match &cfg.admin_token {
         Some(token) => {
@@ -27,26 +27,26 @@ pub fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
                 .map(str::trim);
             match given {
                 Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
-                Some(_) => Err(AppError::Unauthorized("the bearer token is wrong".into())),
-                None => Err(AppError::Unauthorized(
+                Some(_) => Err(ApiError::Unauthorized("the bearer token is wrong".into())),
+                None => Err(ApiError::Unauthorized(
                     "admin routes need Authorization: Bearer <TICKERD_ADMIN_TOKEN>".into(),
                 )),
             }
         }
         None if cfg.listen.ip().is_loopback() => Ok(()),
-        None => Err(AppError::Forbidden(format!(
+        None => Err(ApiError::Forbidden(format!(
             "admin routes are disabled: tickerd listens on {} (not loopback) and no admin token is set; set TICKERD_ADMIN_TOKEN (or admin_token in the config) and send Authorization: Bearer <token>",
             cfg.listen
         ))),
     }
 }
 
-pub fn parse_selector(raw: Option<&str>) -> Result<Selector, AppError> {
+pub fn parse_selector(raw: Option<&str>) -> Result<Selector, ApiError> {
     let q = Query::parse(raw, &["plugin", "ticker", "start", "end"])?;
     let plugin = q.get("plugin").map(PluginName::parse).transpose()?;
     let ticker = q.get("ticker").map(Ticker::parse).transpose()?;
     if plugin.is_none() && ticker.is_none() {
-        return Err(AppError::bad_request(
+        return Err(ApiError::bad_request(
             "plugin",
             "give plugin, ticker or both to say what to delete",
         ));
@@ -58,8 +58,8 @@ pub fn parse_selector(raw: Option<&str>) -> Result<Selector, AppError> {
             Some(e),
             chrono::Utc::now().date_naive(),
         )?),
-        (Some(_), None) => return Err(AppError::bad_request("end", "start and end go together; give both")),
-        (None, Some(_)) => return Err(AppError::bad_request("start", "start and end go together; give both")),
+        (Some(_), None) => return Err(ApiError::bad_request("end", "start and end go together; give both")),
+        (None, Some(_)) => return Err(ApiError::bad_request("start", "start and end go together; give both")),
     };
     Ok(Selector { plugin, ticker, range })
 }
@@ -68,7 +68,7 @@ pub async fn delete_cache(
     State(d): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Value>, ApiError> {
     authorize(&d, &headers)?;
     let sel = parse_selector(raw.as_deref())?;
     match d.pipeline.invalidate(&sel).await {
@@ -76,13 +76,13 @@ pub async fn delete_cache(
             tracing::info!(plugin = ?sel.plugin.as_ref().map(|p| p.to_string()), ticker = ?sel.ticker.as_ref().map(|t| t.to_string()), range = ?sel.range.map(|r| r.to_string()), deleted = n, "cache entries invalidated");
             Ok(Json(json!({"deleted": n})))
         }
-        Err(e) => Err(AppError::CacheUnavailable(format!(
+        Err(e) => Err(ApiError::CacheUnavailable(format!(
             "entries were removed from the in-process memory cache, but redis could not be asked ({e}); retry once redis_up is 1"
         ))),
     }
 }
 
-pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&d, &headers)?;
     let outcome = d.reload_all().await;
     Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))

@@ -5,8 +5,9 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::error::ApiError;
 use super::query::Query;
-use crate::error::AppError;
+use crate::error::FetchError;
 use crate::model::{DateRange, PluginName, Ticker};
 use crate::pipeline::DataRequest;
 
@@ -16,11 +17,11 @@ enum Format {
     Csv,
 }
 
-fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, AppError> {
+fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, ApiError> {
     match q.get("format") {
         Some("json") => Ok(Format::Json),
         Some("csv") => Ok(Format::Csv),
-        Some(other) => Err(AppError::bad_request(
+        Some(other) => Err(ApiError::bad_request(
             "format",
             format!("{other:?} is not a format; use json or csv"),
         )),
@@ -40,9 +41,9 @@ pub fn parse_request(
     ticker: &str,
     raw_query: Option<&str>,
     today: chrono::NaiveDate,
-) -> Result<(DataRequest, Query), AppError> {
+) -> Result<(DataRequest, Query), ApiError> {
     let q = Query::parse(raw_query, &["start", "end", "refresh", "format"])?;
-    let plugin = PluginName::parse(plugin).map_err(|_| AppError::PluginNotFound(plugin.to_owned()))?;
+    let plugin = PluginName::parse(plugin).map_err(|_| FetchError::PluginNotFound(plugin.to_owned()))?;
     let ticker = Ticker::parse(ticker)?;
     let range = DateRange::from_request(q.get("start"), q.get("end"), today)?;
     let refresh = q.flag("refresh")?;
@@ -62,7 +63,7 @@ pub async fn get_data(
     Path((plugin, ticker)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-) -> Result<Response, AppError> {
+) -> Result<Response, ApiError> {
     let today = chrono::Utc::now().date_naive();
     let (req, q) = parse_request(&plugin, &ticker, raw.as_deref(), today)?;
     let format = wants(&q, &headers)?;
@@ -75,7 +76,7 @@ pub async fn get_data(
         )
             .into_response(),
         Format::Csv if answer.doc().is_none() => {
-            return Err(AppError::Internal(
+            return Err(ApiError::Internal(
                 "the cached document could not be read back; DELETE /v1/cache for this ticker and retry".into(),
             ));
         }
@@ -100,9 +101,9 @@ mod tests {
         chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()
     }
 
-    fn field(r: Result<(DataRequest, Query), AppError>) -> String {
+    fn field(r: Result<(DataRequest, Query), ApiError>) -> String {
         match r {
-            Err(AppError::BadRequest { field, .. }) => field,
+            Err(ApiError::BadRequest { field, .. }) => field,
             Err(other) => panic!("expected 400, got {other:?}"),
             Ok(_) => panic!("expected 400, got ok"),
         }
@@ -161,7 +162,7 @@ mod tests {
     fn an_impossible_plugin_name_is_not_found() {
         assert!(matches!(
             parse_request("Nope!", "AAPL", None, today()),
-            Err(AppError::PluginNotFound(_))
+            Err(ApiError::Fetch(FetchError::PluginNotFound(_)))
         ));
     }
 }

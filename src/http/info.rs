@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::error::AppError;
+use super::error::ApiError;
+use crate::error::FetchError;
 use crate::plugin::PluginSlot;
 
 pub fn plugin_json(slot: &PluginSlot) -> Value {
@@ -33,11 +34,11 @@ pub async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
     Json(Value::Array(d.registry.list().iter().map(|s| plugin_json(s)).collect()))
 }
 
-pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, AppError> {
+pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     d.registry
         .get(&name)
         .map(|s| Json(plugin_json(&s)))
-        .ok_or(AppError::PluginNotFound(name))
+        .ok_or(ApiError::Fetch(FetchError::PluginNotFound(name)))
 }
 
 pub async fn stats(State(d): State<AppState>) -> Json<Value> {

@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 pub use cores::{Cores, default_threads as default_http_threads, start as serve_per_core};
+pub use error::ApiError;
 
 use crate::daemon::Daemon;
-use crate::error::AppError;
 
 /// Longest request target accepted; longer ones get 414 before any parsing.
 pub const MAX_URI: usize = 8 * 1024;
@@ -48,19 +48,17 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(req: Request) -> Response {
-    AppError::NotFound(format!("no route for {} {}", req.method(), req.uri().path())).into_response()
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path())).into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    let mut r = AppError::NotFound(format!("{} is not allowed on {}", req.method(), req.uri().path())).into_response();
-    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-    r
+    ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path())).into_response()
 }
 
 async fn limit_uri(req: Request, next: Next) -> Response {
     let len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
     if len > MAX_URI {
-        return AppError::UriTooLong(format!("{len} bytes; the limit is {MAX_URI}")).into_response();
+        return ApiError::UriTooLong(format!("{len} bytes; the limit is {MAX_URI}")).into_response();
     }
     next.run(req).await
 }

@@ -1,25 +1,25 @@
 //! Query strings parsed strictly: known names only, each at most once, so a
 //! typo (`strat=`) is a 400 naming it instead of a silently ignored filter.
 
-use crate::error::AppError;
+use super::error::ApiError;
 
 pub struct Query {
     values: Vec<(String, String)>,
 }
 
 impl Query {
-    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, AppError> {
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
         // A handful of parameters at most: a small vector beats hashing.
         let mut values: Vec<(String, String)> = Vec::with_capacity(4);
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             if !allowed.contains(&k.as_ref()) {
-                return Err(AppError::bad_request(
+                return Err(ApiError::bad_request(
                     k.to_string(),
                     format!("unknown query parameter {k:?}; this route takes {}", allowed.join(", ")),
                 ));
             }
             if values.iter().any(|(name, _)| *name == k) {
-                return Err(AppError::bad_request(
+                return Err(ApiError::bad_request(
                     k.to_string(),
                     format!("{k} is given more than once"),
                 ));
@@ -38,12 +38,12 @@ impl Query {
             .filter(|v| !v.is_empty())
     }
 
-    pub fn flag(&self, name: &'static str) -> Result<bool, AppError> {
+    pub fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
         match self.get(name) {
             None => Ok(false),
             Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
-            Some(other) => Err(AppError::bad_request(
+            Some(other) => Err(ApiError::bad_request(
                 name,
                 format!("{other:?} is not a boolean; use true or false"),
             )),

@@ -15,7 +15,7 @@ pub use singleflight::{Role, SingleFlight};
 use crate::cache::{
     Cache, CacheKey, DataDoc, Envelope, Layer, LockGuard, Payload, Selector, StoreError, Waited, now_ms,
 };
-use crate::error::AppError;
+use crate::error::FetchError;
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::model::{Bars, DateRange, PluginName, Ticker, ymd_string};
 use crate::plugin::{FetchArgs, Plugin, Registry};
@@ -29,7 +29,7 @@ pub struct DataRequest {
     pub refresh: bool,
 }
 
-type FlightResult = Result<(Arc<Envelope>, Layer), AppError>;
+type FlightResult = Result<(Arc<Envelope>, Layer), FetchError>;
 
 pub struct Pipeline {
     pub registry: Arc<Registry>,
@@ -49,11 +49,11 @@ impl Pipeline {
     }
 
     /// Answers one request, counting it in the request metrics.
-    pub async fn get(self: &Arc<Self>, req: &DataRequest) -> Result<Answer, AppError> {
+    pub async fn get(self: &Arc<Self>, req: &DataRequest) -> Result<Answer, FetchError> {
         // Unknown names share one label value, so clients cannot grow the
         // metric series without bound ("(unknown)" is not a valid plugin name).
         let plugin = self.plugin(&req.plugin);
-        let label = if matches!(plugin, Err(AppError::PluginNotFound(_))) {
+        let label = if matches!(plugin, Err(FetchError::PluginNotFound(_))) {
             "(unknown)"
         } else {
             req.plugin.as_str()
@@ -73,13 +73,13 @@ impl Pipeline {
         res
     }
 
-    fn plugin(&self, name: &PluginName) -> Result<Arc<Plugin>, AppError> {
+    fn plugin(&self, name: &PluginName) -> Result<Arc<Plugin>, FetchError> {
         let slot = self
             .registry
             .get(name.as_str())
-            .ok_or_else(|| AppError::PluginNotFound(name.to_string()))?;
+            .ok_or_else(|| FetchError::PluginNotFound(name.to_string()))?;
         slot.current.clone().ok_or_else(|| {
-            AppError::PluginUnavailable(format!(
+            FetchError::PluginUnavailable(format!(
                 "plugin {name} has never loaded successfully: {}",
                 slot.last_error.as_deref().unwrap_or("unknown error")
             ))
@@ -91,7 +91,7 @@ impl Pipeline {
         req: &DataRequest,
         plugin: Arc<Plugin>,
         pm: &Arc<PluginMetrics>,
-    ) -> Result<Answer, AppError> {
+    ) -> Result<Answer, FetchError> {
         let settings = plugin.settings();
         let key = self
             .cache
@@ -121,7 +121,7 @@ impl Pipeline {
                     Layer::L1 => pm.hit_l1(),
                 }
                 if let Payload::NoData { message } = &found.env.payload {
-                    return Err(AppError::NoData(message.clone()));
+                    return Err(FetchError::NoData(message.clone()));
                 }
                 return Ok(Answer {
                     age_s: found.env.age_ms(now) / 1000,
@@ -146,7 +146,7 @@ impl Pipeline {
                 key.clone(),
                 !req.refresh,
                 move || async move { this.fetch_and_store(&r, &k, &p, &pmc).await },
-                |panic| Err(AppError::Internal(format!("fetch task failed: {panic}"))),
+                |panic| Err(FetchError::Internal(format!("fetch task failed: {panic}"))),
             )
             .await;
         if role == Role::Follower {
@@ -162,7 +162,7 @@ impl Pipeline {
         req: &DataRequest,
         key: &CacheKey,
         pm: &PluginMetrics,
-    ) -> Result<Answer, AppError> {
+    ) -> Result<Answer, FetchError> {
         match result {
             Ok((env, layer)) => Ok(Answer {
                 ttl_s: env.ttl_left_s(now_ms()),
@@ -183,11 +183,11 @@ impl Pipeline {
     /// stale-if-error: an expired copy within the window stands in for a failed fetch.
     async fn stale_or(
         &self,
-        err: AppError,
+        err: FetchError,
         req: &DataRequest,
         key: &CacheKey,
         pm: &PluginMetrics,
-    ) -> Result<Answer, AppError> {
+    ) -> Result<Answer, FetchError> {
         let window = self.cache.settings().stale_if_error;
         if window.is_zero() {
             return Err(err);
@@ -241,7 +241,7 @@ impl Pipeline {
                     Waited::Value(found) => {
                         pm.coalesced.inc();
                         if let Payload::NoData { message } = &found.env.payload {
-                            return Err(AppError::NoData(message.clone()));
+                            return Err(FetchError::NoData(message.clone()));
                         }
                         self.cache.remember_locally(key, &found.env);
                         return Ok((found.env, Layer::Redis));
@@ -261,7 +261,7 @@ impl Pipeline {
         // its write's round trip; anything else releases it here.
         let released = match &result {
             Ok(_) => true,
-            Err(AppError::NoData(_)) => !self.cache.settings().negative_ttl.is_zero(),
+            Err(FetchError::NoData(_)) => !self.cache.settings().negative_ttl.is_zero(),
             Err(_) => false,
         };
         if let Some(g) = guard
@@ -298,7 +298,7 @@ impl Pipeline {
         let (p, t) = (req.plugin.as_str(), req.ticker.as_str());
         let raw = match out {
             Ok(raw) => raw,
-            Err(AppError::NoData(m)) => return Err(self.remember_no_data(key, p, t, m, pm, lock).await),
+            Err(FetchError::NoData(m)) => return Err(self.remember_no_data(key, p, t, m, pm, lock).await),
             Err(e) => {
                 tracing::warn!(
                     plugin = p, ticker = t, range = %req.range, code = e.code(),
@@ -309,7 +309,7 @@ impl Pipeline {
             }
         };
         let bars = Bars::validated(raw.bars, &req.range).map_err(|e| {
-            let err = AppError::InvalidPluginOutput(format!("plugin {p}: {e}"));
+            let err = FetchError::InvalidPluginOutput(format!("plugin {p}: {e}"));
             tracing::warn!(plugin = p, ticker = t, range = %req.range, error = %err, "plugin output breaks the contract; nothing cached (fix the plugin)");
             err
         })?;
@@ -343,13 +343,13 @@ impl Pipeline {
         message: String,
         pm: &PluginMetrics,
         lock: Option<&LockGuard>,
-    ) -> AppError {
+    ) -> FetchError {
         let ttl = self.cache.settings().negative_ttl;
         if !ttl.is_zero() {
             let env = Envelope::no_data(message.clone(), ttl);
             self.cache.write(key, plugin, ticker, env, pm, lock).await;
         }
-        AppError::NoData(message)
+        FetchError::NoData(message)
     }
 
     /// Deletes cache entries; see [`Cache::invalidate`].

@@ -27,7 +27,7 @@ pub use settings::Settings;
 pub use state::{FetchArgs, LoadProblem};
 
 use crate::config::PluginOverrides;
-use crate::error::AppError;
+use crate::error::FetchError;
 use crate::model::PluginName;
 use host::HostCtx;
 use worker::Worker;
@@ -148,20 +148,20 @@ impl Plugin {
     }
 
     /// Runs one fetch under the plugin's concurrency limit and timeout.
-    pub async fn fetch(self: &Arc<Self>, args: FetchArgs) -> Result<RawOutput, AppError> {
+    pub async fn fetch(self: &Arc<Self>, args: FetchArgs) -> Result<RawOutput, FetchError> {
         let s = self.settings.load_full();
         let started = Instant::now();
         let limit = humantime::format_duration(s.timeout);
         let _permit = match tokio::time::timeout(s.timeout, Arc::clone(&self.permits).acquire_owned()).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => {
-                return Err(AppError::PluginUnavailable(format!(
+                return Err(FetchError::PluginUnavailable(format!(
                     "plugin {} is shutting down",
                     self.name
                 )));
             }
             Err(_) => {
-                return Err(AppError::PluginTimeout(format!(
+                return Err(FetchError::PluginTimeout(format!(
                     "plugin {}: max_concurrency ({}) fetches were already running for the whole timeout of {limit}",
                     self.name, s.max_concurrency
                 )));
@@ -169,7 +169,7 @@ impl Plugin {
         };
         let remaining = s.timeout.saturating_sub(started.elapsed());
         let Some((index, worker)) = self.pick_worker() else {
-            return Err(AppError::PluginUnavailable(format!(
+            return Err(FetchError::PluginUnavailable(format!(
                 "plugin {}: every Lua state is stuck; they are being replaced",
                 self.name
             )));
@@ -179,7 +179,7 @@ impl Plugin {
         let (rx, _guard) = worker.submit(args, started + s.timeout, s.timeout);
         match tokio::time::timeout(remaining + WEDGE_GRACE, rx).await {
             Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(AppError::PluginError(format!(
+            Ok(Err(_)) => Err(FetchError::PluginError(format!(
                 "plugin {}: its Lua state stopped unexpectedly",
                 self.name
             ))),
@@ -190,7 +190,7 @@ impl Plugin {
                     "plugin fetch is stuck inside a C function (a long pattern match or string operation) past its timeout; replacing its Lua state. The stuck thread keeps a core busy until that call returns: fix the plugin's pattern"
                 );
                 self.replace_worker(index);
-                Err(AppError::PluginTimeout(format!(
+                Err(FetchError::PluginTimeout(format!(
                     "plugin {}: fetch did not finish within its timeout of {limit} (stuck in a C function such as a pattern match; the state was replaced)",
                     self.name
                 )))

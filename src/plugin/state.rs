@@ -1,5 +1,5 @@
 //! One compiled plugin inside one Lua state: load it, run `fetch`, and turn
-//! whatever Lua raised into the right [`AppError`].
+//! whatever Lua raised into the right [`FetchError`].
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use super::host::{self, HostCtx, HostError};
 use super::manifest::{Manifest, line_of};
 use super::output::{RawOutput, read_output};
 use super::sandbox::{Deadlined, new_state, with_deadline};
-use crate::error::AppError;
+use crate::error::FetchError;
 
 /// How long a plugin file's top level may run when it is loaded.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,7 +103,7 @@ impl PluginState {
     /// blocking the thread; the deadline covers Lua code and host calls alike.
     /// `limit` is the plugin's configured timeout, which messages name (the
     /// deadline itself already counts time spent waiting for a permit).
-    pub async fn fetch(&self, args: &FetchArgs, deadline: Instant, limit: Duration) -> Result<RawOutput, AppError> {
+    pub async fn fetch(&self, args: &FetchArgs, deadline: Instant, limit: Duration) -> Result<RawOutput, FetchError> {
         let run = async {
             let req = self.lua.create_table()?;
             req.raw_set("ticker", args.ticker.as_str())?;
@@ -120,34 +120,35 @@ impl PluginState {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return Err(self.classify(&e)),
             Err(_) => {
-                return Err(AppError::PluginTimeout(format!(
+                return Err(FetchError::PluginTimeout(format!(
                     "plugin {}: fetch did not finish within its timeout of {}",
                     self.plugin,
                     humantime::format_duration(limit)
                 )));
             }
         };
-        read_output(&self.lua, value).map_err(|m| AppError::InvalidPluginOutput(format!("plugin {}: {m}", self.plugin)))
+        read_output(&self.lua, value)
+            .map_err(|m| FetchError::InvalidPluginOutput(format!("plugin {}: {m}", self.plugin)))
     }
 
     pub fn used_memory(&self) -> usize {
         self.lua.used_memory()
     }
 
-    fn classify(&self, e: &mlua::Error) -> AppError {
+    fn classify(&self, e: &mlua::Error) -> FetchError {
         let p = &self.plugin;
         for cause in e.chain() {
             if let Some(h) = cause.downcast_ref::<HostError>() {
                 let where_ = lua_location(e).map(|l| format!(" (at {l})")).unwrap_or_default();
                 return match h {
-                    HostError::Upstream(m) => AppError::UpstreamError(format!("plugin {p}: {m}{where_}")),
-                    HostError::Timeout(m) => AppError::PluginTimeout(format!("plugin {p}: {m}{where_}")),
-                    HostError::NoData(m) => AppError::NoData(format!("plugin {p}: {m}")),
-                    HostError::Limit(m) => AppError::PluginError(format!("plugin {p}: {m}{where_}")),
+                    HostError::Upstream(m) => FetchError::UpstreamError(format!("plugin {p}: {m}{where_}")),
+                    HostError::Timeout(m) => FetchError::PluginTimeout(format!("plugin {p}: {m}{where_}")),
+                    HostError::NoData(m) => FetchError::NoData(format!("plugin {p}: {m}")),
+                    HostError::Limit(m) => FetchError::PluginError(format!("plugin {p}: {m}{where_}")),
                 };
             }
             if let Some(mlua::Error::MemoryError(_)) = cause.downcast_ref::<mlua::Error>() {
-                return AppError::PluginError(format!(
+                return FetchError::PluginError(format!(
                     "plugin {p}: memory limit of {} reached{}",
                     size(self.memory_limit),
                     lua_location(e).map(|l| format!(" (at {l})")).unwrap_or_default()
@@ -155,7 +156,7 @@ impl PluginState {
             }
         }
         if let mlua::Error::MemoryError(_) = e {
-            return AppError::PluginError(format!(
+            return FetchError::PluginError(format!(
                 "plugin {p}: memory limit of {} reached",
                 size(self.memory_limit)
             ));
@@ -165,12 +166,12 @@ impl PluginState {
         // and raised again arrives as a plain runtime error carrying Lua's
         // memory error message.
         if flat.ends_with("not enough memory") {
-            return AppError::PluginError(format!(
+            return FetchError::PluginError(format!(
                 "plugin {p}: memory limit of {} reached ({flat})",
                 size(self.memory_limit)
             ));
         }
-        AppError::PluginError(format!("plugin {p}: {flat}"))
+        FetchError::PluginError(format!("plugin {p}: {flat}"))
     }
 }
 

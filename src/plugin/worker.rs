@@ -17,14 +17,14 @@ use super::host::HostCtx;
 use super::manifest::Manifest;
 use super::output::RawOutput;
 use super::state::{FetchArgs, LoadProblem, PluginState};
-use crate::error::AppError;
+use crate::error::FetchError;
 
 struct Job {
     args: FetchArgs,
     deadline: Instant,
     /// The plugin's configured timeout, for messages.
     limit: Duration,
-    reply: oneshot::Sender<Result<RawOutput, AppError>>,
+    reply: oneshot::Sender<Result<RawOutput, FetchError>>,
 }
 
 pub struct Worker {
@@ -142,7 +142,7 @@ impl Worker {
         args: FetchArgs,
         deadline: Instant,
         limit: Duration,
-    ) -> (oneshot::Receiver<Result<RawOutput, AppError>>, InflightGuard) {
+    ) -> (oneshot::Receiver<Result<RawOutput, FetchError>>, InflightGuard) {
         let (reply, rx) = oneshot::channel();
         self.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightGuard(Arc::clone(&self.inflight));
