@@ -5,10 +5,12 @@ mod convert;
 pub mod host;
 mod manifest;
 mod output;
+mod pattern;
 mod registry;
 mod sandbox;
 mod settings;
 mod state;
+mod strlib;
 mod worker;
 
 use std::path::PathBuf;
@@ -32,9 +34,10 @@ use crate::model::PluginName;
 use host::HostCtx;
 use worker::Worker;
 
-/// How long past its own timeout a fetch may go unanswered before its worker
-/// is considered stuck inside a C function and replaced.
-const WEDGE_GRACE: Duration = Duration::from_secs(2);
+/// How long past its own timeout a fetch may go unanswered before its
+/// worker is considered stuck (inside a C function the deadline cannot
+/// reach) and the plugin is quarantined.
+const WEDGE_GRACE: Duration = Duration::from_secs(1);
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -54,11 +57,13 @@ pub struct Plugin {
     pub loaded_at: DateTime<Utc>,
     pub manifest: Manifest,
     pub settings: Arc<ArcSwap<Settings>>,
-    source: Arc<str>,
-    ctx: HostCtx,
     workers: Mutex<Vec<Arc<Worker>>>,
     permits: Arc<Semaphore>,
     permits_total: Mutex<usize>,
+    /// Set when a fetch stayed stuck past its timeout: this version then
+    /// answers 503 until it is reloaded, instead of starting new threads
+    /// next to the stuck one.
+    quarantine: std::sync::OnceLock<String>,
 }
 
 impl Plugin {
@@ -100,10 +105,14 @@ impl Plugin {
             permits: Arc::new(Semaphore::new(effective.max_concurrency)),
             permits_total: Mutex::new(effective.max_concurrency),
             settings,
-            source,
-            ctx,
             workers: Mutex::new(workers),
+            quarantine: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Why this version is quarantined, if it is.
+    pub fn quarantined(&self) -> Option<&str> {
+        self.quarantine.get().map(String::as_str)
     }
 
     pub fn settings(&self) -> Arc<Settings> {
@@ -137,18 +146,23 @@ impl Plugin {
             .unwrap_or(0)
     }
 
-    fn pick_worker(&self) -> Option<(usize, Arc<Worker>)> {
+    fn pick_worker(&self) -> Option<Arc<Worker>> {
         let workers = self.workers.lock().ok()?;
         workers
             .iter()
-            .enumerate()
-            .filter(|(_, w)| !w.is_wedged())
-            .min_by_key(|(_, w)| w.inflight())
-            .map(|(i, w)| (i, Arc::clone(w)))
+            .filter(|w| !w.is_wedged())
+            .min_by_key(|w| w.inflight())
+            .map(Arc::clone)
     }
 
     /// Runs one fetch under the plugin's concurrency limit and timeout.
     pub async fn fetch(self: &Arc<Self>, args: FetchArgs) -> Result<RawOutput, FetchError> {
+        if let Some(why) = self.quarantined() {
+            return Err(FetchError::PluginUnavailable(format!(
+                "plugin {} is quarantined: {why}; fix the plugin and save it again, or POST /v1/reload",
+                self.name
+            )));
+        }
         let s = self.settings.load_full();
         let started = Instant::now();
         let limit = humantime::format_duration(s.timeout);
@@ -168,14 +182,15 @@ impl Plugin {
             }
         };
         let remaining = s.timeout.saturating_sub(started.elapsed());
-        let Some((index, worker)) = self.pick_worker() else {
+        let Some(worker) = self.pick_worker() else {
             return Err(FetchError::PluginUnavailable(format!(
-                "plugin {}: every Lua state is stuck; they are being replaced",
+                "plugin {}: every Lua state is stuck past its timeout",
                 self.name
             )));
         };
         // The deadline counts the wait for a permit; messages name the
         // configured timeout, not what was left of it.
+        let ticker = args.ticker.clone();
         let (rx, _guard) = worker.submit(args, started + s.timeout, s.timeout);
         match tokio::time::timeout(remaining + WEDGE_GRACE, rx).await {
             Ok(Ok(res)) => res,
@@ -185,35 +200,22 @@ impl Plugin {
             ))),
             Err(_) => {
                 worker.mark_wedged();
-                tracing::error!(
-                    plugin = %self.name, timeout = %limit,
-                    "plugin fetch is stuck inside a C function (a long pattern match or string operation) past its timeout; replacing its Lua state. The stuck thread keeps a core busy until that call returns: fix the plugin's pattern"
+                let why = format!(
+                    "a fetch of {ticker} was still running {} after its timeout of {limit}",
+                    humantime::format_duration(WEDGE_GRACE)
                 );
-                self.replace_worker(index);
+                if self.quarantine.set(why.clone()).is_ok() {
+                    tracing::error!(
+                        plugin = %self.name, timeout = %limit, reason = %why,
+                        "plugin quarantined: a fetch is stuck where its timeout cannot stop it; requests to it answer 503 until the file is saved again or POST /v1/reload. Please report the plugin code that did this"
+                    );
+                }
                 Err(FetchError::PluginTimeout(format!(
-                    "plugin {}: fetch did not finish within its timeout of {limit} (stuck in a C function such as a pattern match; the state was replaced)",
+                    "plugin {}: fetch did not finish within its timeout of {limit} (it is stuck; the plugin is quarantined until it is reloaded)",
                     self.name
                 )))
             }
         }
-    }
-
-    fn replace_worker(self: &Arc<Self>, index: usize) {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let memory = this.settings.load().memory_limit;
-            let display = this.file.display().to_string();
-            match Worker::start(Arc::clone(&this.source), display, this.ctx.clone(), memory, index).await {
-                Ok((w, _)) => {
-                    if let Ok(mut ws) = this.workers.lock()
-                        && index < ws.len()
-                    {
-                        ws[index] = w;
-                    }
-                }
-                Err(p) => tracing::error!(plugin = %this.name, error = %p, "could not replace a stuck Lua state"),
-            }
-        });
     }
 }
 
@@ -231,4 +233,51 @@ pub fn check_source(name: &str, file: &str, source: &str) -> Result<Manifest, Lo
         http: host::http_client(),
     };
     state::PluginState::load(source, file, &ctx, settings.memory_limit).map(|(_, m)| m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin whose only state never answers (stuck where the deadline
+    /// cannot reach): the first fetch times out and quarantines the plugin,
+    /// later fetches answer 503 at once and start no thread.
+    #[tokio::test]
+    async fn a_stuck_fetch_quarantines_the_plugin() {
+        let overrides = PluginOverrides {
+            timeout: Some(Duration::from_millis(100)),
+            ..PluginOverrides::default()
+        };
+        let settings = Settings::effective(&Manifest::default(), &overrides, Duration::from_secs(60));
+        let plugin = Arc::new(Plugin {
+            name: PluginName::parse("stuck").expect("a valid name"),
+            file: PathBuf::from("stuck.lua"),
+            version: "v".into(),
+            loaded_at: Utc::now(),
+            manifest: Manifest::default(),
+            permits: Arc::new(Semaphore::new(settings.max_concurrency)),
+            permits_total: Mutex::new(settings.max_concurrency),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            workers: Mutex::new(vec![Worker::stalled()]),
+            quarantine: std::sync::OnceLock::new(),
+        });
+        let args = || FetchArgs {
+            ticker: "AAPL".into(),
+            start: "2024-01-02".into(),
+            end: "2024-01-02".into(),
+        };
+        let started = Instant::now();
+        match plugin.fetch(args()).await {
+            Err(FetchError::PluginTimeout(m)) => assert!(m.contains("quarantined"), "{m}"),
+            other => panic!("expected a timeout, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() >= WEDGE_GRACE);
+        assert!(plugin.quarantined().is_some_and(|w| w.contains("AAPL")));
+        let started = Instant::now();
+        match plugin.fetch(args()).await {
+            Err(FetchError::PluginUnavailable(m)) => assert!(m.contains("quarantined"), "{m}"),
+            other => panic!("expected 503, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
 }

@@ -142,6 +142,8 @@ impl Registry {
             if let Some(old) = before.get(name.as_str())
                 && old.seen_hash == hash
                 && old.file == path
+                // A quarantined version is loaded afresh even when unchanged.
+                && old.current.as_ref().is_none_or(|p| p.quarantined().is_none())
             {
                 next.insert(name.to_string(), Arc::clone(old));
                 report.unchanged += 1;

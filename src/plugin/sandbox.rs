@@ -34,10 +34,19 @@ thread_local! {
 /// to be invisible, frequent enough to stop a busy loop within microseconds.
 const HOOK_EVERY: u32 = 1000;
 
-fn deadline_passed() -> Option<Duration> {
+/// The limit of the current fetch once its deadline has passed.
+pub(super) fn deadline_passed() -> Option<Duration> {
     DEADLINE
         .with(|d| d.get())
         .and_then(|(at, limit)| (Instant::now() >= at).then_some(limit))
+}
+
+/// The error that ends a fetch at its deadline, naming where it stopped.
+pub(super) fn timeout_error(limit: Duration, running: &str) -> mlua::Error {
+    mlua::Error::external(HostError::Timeout(format!(
+        "timeout of {} reached while running {running}",
+        humantime::format_duration(limit)
+    )))
 }
 
 /// Runs `f` with the deadline set for the Lua code it executes.
@@ -125,6 +134,60 @@ load = function(chunk, name, mode, env)
   if env == nil then return raw_load(chunk, name, "t") end
   return raw_load(chunk, name, "t", env)
 end
+-- Lua switches the instruction hook off while a __gc finalizer runs, so a
+-- finalizer that loops could never be stopped: refuse __gc altogether. An
+-- object is marked for finalization only when setmetatable sees a __gc
+-- field, so adding one to the metatable later has no effect.
+local raw_setmetatable, rawget, tointeger = setmetatable, rawget, math.tointeger
+setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("setmetatable: __gc metamethods are not available to plugins (a finalizer runs where "
+      .. "the timeout cannot stop it); close resources with a to-be-closed variable (local x <close>)", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+-- C loops that run without a memory bound or a Lua callback, where the
+-- hook cannot see them: cut into pieces (or given a Lua callback) so the
+-- deadline still applies between the pieces.
+local raw_move, raw_rep, raw_sort, maxinteger = table.move, string.rep, table.sort, math.maxinteger
+local CHUNK = 4096
+table.move = function(a1, f, e, t, a2)
+  local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
+  if not (fi and ei and ti) or ei < fi or ei - fi < CHUNK then return raw_move(a1, f, e, t, a2) end
+  if fi <= 0 and ei >= maxinteger + fi then error("bad argument #3 to 'move' (too many elements to move)", 2) end
+  if ti > maxinteger - (ei - fi) then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+  local dest = a2
+  if dest == nil then dest = a1 end
+  if ti > fi and ti <= ei and dest == a1 then
+    local hi = ei
+    while hi >= fi do
+      local lo = hi - CHUNK + 1
+      if lo < fi then lo = fi end
+      raw_move(a1, lo, hi, ti + (lo - fi), dest)
+      hi = lo - 1
+    end
+  else
+    local lo = fi
+    while lo <= ei do
+      local hi = lo + CHUNK - 1
+      if hi > ei or hi < lo then hi = ei end
+      raw_move(a1, lo, hi, ti + (lo - fi), dest)
+      if hi == ei then break end
+      lo = hi + 1
+    end
+  end
+  return dest
+end
+string.rep = function(s, n, sep)
+  -- An empty result is still built by a C loop that turns n times.
+  if s == "" and (sep == nil or sep == "") and tointeger(n) then return "" end
+  return raw_rep(s, n, sep)
+end
+local function less(a, b) return a < b end
+table.sort = function(t, cmp)
+  if cmp == nil and type(t) == "table" and rawlen(t) > 50000 then cmp = less end
+  return raw_sort(t, cmp)
+end
 "##;
 
 /// Builds the sandboxed state with its memory limit and deadline hook.
@@ -173,6 +236,8 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
     // string.dump would hand out bytecode; nothing legitimate needs it here.
     let string: mlua::Table = g.raw_get("string")?;
     string.raw_set("dump", Value::Nil)?;
+    // Pattern matching that the deadline can stop (see `strlib`).
+    super::strlib::install(&lua, &string, memory_limit)?;
 
     let passed = lua.create_function(|_, ()| Ok(deadline_passed().is_some()))?;
     let coroutine: mlua::Table = g.raw_get("coroutine")?;
@@ -194,10 +259,7 @@ pub fn new_state(memory_limit: usize) -> mlua::Result<Lua> {
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
         |_, _| match deadline_passed() {
-            Some(limit) => Err(mlua::Error::external(HostError::Timeout(format!(
-                "timeout of {} reached while running Lua code",
-                humantime::format_duration(limit)
-            )))),
+            Some(limit) => Err(timeout_error(limit, "Lua code")),
             None => Ok(VmState::Continue),
         },
     )?;

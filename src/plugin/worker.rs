@@ -119,6 +119,20 @@ impl Worker {
         ))
     }
 
+    /// A worker whose thread never answers, as if stuck inside a C call.
+    #[cfg(test)]
+    pub(super) fn stalled() -> Arc<Worker> {
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        // Never read and never dropped: jobs are accepted and never answered.
+        std::mem::forget(rx);
+        Arc::new(Worker {
+            tx,
+            inflight: Arc::new(AtomicUsize::new(0)),
+            wedged: AtomicBool::new(false),
+            memory: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
     }

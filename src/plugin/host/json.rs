@@ -6,6 +6,10 @@ use crate::plugin::convert::{OBJECT_MARK, json_to_lua, lua_to_json};
 
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     let mark = lua.create_table()?;
+    // Protected, so a plugin cannot reach the shared marker through
+    // `getmetatable(json.object())` and give it a `__gc` that every later
+    // `json.object()` would then carry (finalizers run unseen by the deadline).
+    mark.raw_set("__metatable", "json.object")?;
     lua.set_named_registry_value(OBJECT_MARK, &mark)?;
     let t = lua.create_table()?;
     t.raw_set("null", Value::NULL)?;
