@@ -103,6 +103,9 @@ impl Daemon {
         if new.watch != old.watch {
             restart.push("watch");
         }
+        if new.kafka != old.kafka {
+            restart.push("kafka");
+        }
         if !restart.is_empty() {
             tracing::warn!(
                 settings = %restart.join(", "),
@@ -124,6 +127,7 @@ impl Daemon {
         merged.admin_token = old.admin_token.clone();
         merged.cache.memory_max_entries = old.cache.memory_max_entries;
         merged.watch = old.watch.clone();
+        merged.kafka = old.kafka.clone();
         self.config.store(Arc::new(merged));
         Ok(changed)
     }

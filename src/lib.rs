@@ -22,3 +22,4 @@ pub mod plugin;
 pub mod producer;
 pub mod reload;
 pub mod server;
+pub mod sink;

@@ -1,13 +1,13 @@
-//! The producer (SPEC §1 `[[watch]]`): keeps watched tickers fresh and
-//! publishes each record to a Redis stream, replacing the old producer
-//! script. Fetches go through the same pipeline as HTTP requests, so they
-//! share the cache, the single-flight and the `stock_requests_*` counters.
+//! The producer (SPEC §1 `[[watch]]`, §8): keeps watched tickers fresh and
+//! publishes each record to its sink (a Redis stream or a Kafka topic),
+//! replacing the old producer script. Fetches go through the same pipeline
+//! as HTTP requests, so they share the cache, the single-flight and the
+//! `stock_requests_*` counters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Days, Utc};
-use futures::FutureExt;
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -15,20 +15,55 @@ use crate::config::WatchEntry;
 use crate::daemon::Daemon;
 use crate::model::DateRange;
 use crate::pipeline::DataRequest;
+use crate::sink::{Record, SinkError, Sinks};
 
-/// Starts one task per `[[watch]]` entry; they stop when `stop` turns true.
-pub fn spawn(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-    let entries = daemon.config.load().watch.clone();
-    entries
-        .into_iter()
+/// The running producer: one task per `[[watch]]` entry and their sinks.
+pub struct Producer {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sinks: Arc<Sinks>,
+}
+
+/// Makes the sinks (the Kafka producer when a watch uses it) and starts one
+/// task per `[[watch]]` entry; they stop when `stop` turns true.
+pub fn spawn(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) -> Result<Producer, SinkError> {
+    let cfg = daemon.config.load_full();
+    let sinks = Arc::new(Sinks::new(
+        cfg.kafka.as_ref(),
+        Arc::clone(daemon.cache.redis()),
+        Arc::clone(&daemon.metrics),
+    )?);
+    let tasks = cfg
+        .watch
+        .iter()
+        .cloned()
         .map(|entry| {
             tracing::info!(
                 plugin = %entry.plugin, tickers = entry.tickers.len(), every = %humantime::format_duration(entry.every),
-                stream = %entry.stream, "producer watching"
+                sink = entry.sink.kind(), stream = %entry.sink.target(), "producer watching"
             );
-            tokio::spawn(run(Arc::clone(&daemon), entry, stop.clone()))
+            tokio::spawn(run(Arc::clone(&daemon), Arc::clone(&sinks), entry, stop.clone()))
         })
-        .collect()
+        .collect();
+    Ok(Producer { tasks, sinks })
+}
+
+impl Producer {
+    /// After `stop` turned true: lets each task finish the ticker in
+    /// progress, then flushes the Kafka queue for what is left of `timeout`.
+    pub async fn finish(self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for t in self.tasks {
+            let _ = tokio::time::timeout_at(deadline, t).await;
+        }
+        // Every task holding a clone has ended (or is abandoned at exit).
+        match Arc::try_unwrap(self.sinks) {
+            Ok(sinks) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                sinks.flush(left).await;
+            }
+            Err(_) => tracing::warn!("producer tasks still running at exit; the kafka queue is not flushed"),
+        }
+    }
 }
 
 /// `every` with up to ±10% jitter, so a fleet of daemons does not fetch in lockstep.
@@ -37,7 +72,7 @@ fn jittered(every: Duration) -> Duration {
     every.mul_f64(f)
 }
 
-async fn run(daemon: Arc<Daemon>, entry: WatchEntry, mut stop: watch::Receiver<bool>) {
+async fn run(daemon: Arc<Daemon>, sinks: Arc<Sinks>, entry: WatchEntry, mut stop: watch::Receiver<bool>) {
     // First round soon after start, so fresh data appears without waiting a full period.
     let mut wait = jittered(entry.every.min(Duration::from_secs(2))) / 2;
     loop {
@@ -48,14 +83,14 @@ async fn run(daemon: Arc<Daemon>, entry: WatchEntry, mut stop: watch::Receiver<b
         if *stop.borrow() {
             break;
         }
-        round(&daemon, &entry, &stop).await;
+        round(&daemon, &sinks, &entry, &stop).await;
         wait = jittered(entry.every);
     }
-    tracing::info!(plugin = %entry.plugin, stream = %entry.stream, "producer stopped");
+    tracing::info!(plugin = %entry.plugin, stream = %entry.sink.target(), "producer stopped");
 }
 
 /// One pass over the entry's tickers.
-pub async fn round(daemon: &Arc<Daemon>, entry: &WatchEntry, stop: &watch::Receiver<bool>) {
+async fn round(daemon: &Arc<Daemon>, sinks: &Sinks, entry: &WatchEntry, stop: &watch::Receiver<bool>) {
     let today = Utc::now().date_naive();
     let lookback_days = entry.lookback.as_secs().div_ceil(86400);
     let start = today.checked_sub_days(Days::new(lookback_days)).unwrap_or(today);
@@ -75,50 +110,25 @@ pub async fn round(daemon: &Arc<Daemon>, entry: &WatchEntry, stop: &watch::Recei
         match daemon.pipeline.get(&req).await {
             Ok(answer) => {
                 let Some(doc) = answer.doc() else { continue };
-                let bars = serde_json::to_string(&doc.bars).unwrap_or_else(|_| "[]".into());
-                let fields: Vec<(&str, String)> = vec![
-                    ("plugin", doc.plugin.clone()),
-                    ("ticker", doc.ticker.clone()),
-                    ("start", doc.start.clone()),
-                    ("end", doc.end.clone()),
-                    ("fetched_at", doc.fetched_at.clone()),
-                    ("bars", bars),
-                    ("cache", answer.status.as_str().to_owned()),
-                ];
-                publish(daemon, entry, fields).await;
+                // Validated bars (finite numbers): serialising cannot fail.
+                let Ok(bars) = serde_json::value::to_raw_value(&doc.bars) else {
+                    continue;
+                };
+                let record = Record {
+                    plugin: doc.plugin.clone(),
+                    ticker: doc.ticker.clone(),
+                    start: doc.start.clone(),
+                    end: doc.end.clone(),
+                    fetched_at: doc.fetched_at.clone(),
+                    bars,
+                    cache: answer.status.as_str(),
+                };
+                sinks.publish(&entry.sink, &record).await;
             }
             Err(e) => tracing::warn!(
                 plugin = %entry.plugin, ticker = %ticker, code = e.code(), error = %e,
                 "producer fetch failed; nothing published for this ticker this round"
             ),
-        }
-    }
-}
-
-async fn publish(daemon: &Arc<Daemon>, entry: &WatchEntry, fields: Vec<(&'static str, String)>) {
-    let stream = entry.stream.clone();
-    let maxlen = entry.maxlen;
-    let s = stream.clone();
-    let res = daemon
-        .cache
-        .redis()
-        .call("XADD", move |mut c| {
-            async move {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&s).arg("MAXLEN").arg("~").arg(maxlen).arg("*");
-                for (k, v) in &fields {
-                    cmd.arg(*k).arg(v);
-                }
-                cmd.query_async::<String>(&mut c).await
-            }
-            .boxed()
-        })
-        .await;
-    match res {
-        Ok(_) => daemon.metrics.stream_published(&stream),
-        Err(e) => {
-            daemon.metrics.stream_error(&stream);
-            tracing::warn!(stream = %stream, error = %e, "could not publish to the redis stream; skipped this record (it will be published next round if redis is back)");
         }
     }
 }

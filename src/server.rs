@@ -1,7 +1,6 @@
 //! `tickerd serve`: bind, serve, and drain on SIGTERM/SIGINT.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -59,7 +58,13 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
         "tickerd is serving"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let producers = crate::producer::spawn(Arc::clone(&daemon), stop_rx.clone());
+    let producer = match crate::producer::spawn(Arc::clone(&daemon), stop_rx.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the producer; check [kafka] in the config");
+            return 2;
+        }
+    };
     let app = crate::http::router(Arc::clone(&daemon));
     let threads = cfg.http_threads.unwrap_or_else(crate::http::default_http_threads);
     let mut cores = match crate::http::serve_per_core(listener, app, threads, stop_rx) {
@@ -84,8 +89,10 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
         cores.release();
         return 1;
     }
-    // Give in-flight requests `drain_timeout` to finish.
+    // Give in-flight requests `drain_timeout` to finish, and the producer
+    // as long to flush its Kafka queue, side by side.
     let drain = cfg.drain_timeout;
+    let flushed = producer.finish(drain);
     let drained = tokio::time::timeout(drain, async {
         let mut first_err = None;
         while let Some(r) = cores.next_stopped().await {
@@ -94,11 +101,8 @@ pub async fn serve(daemon: Arc<Daemon>) -> u8 {
             }
         }
         first_err
-    })
-    .await;
-    for p in producers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-    }
+    });
+    let (drained, ()) = tokio::join!(drained, flushed);
     cores.release();
     match drained {
         Ok(None) => {

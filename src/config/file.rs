@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub plugins: BTreeMap<String, PluginSection>,
     #[serde(default)]
     pub watch: Vec<WatchSection>,
+    pub kafka: Option<super::kafka::KafkaSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,4 +77,7 @@ pub struct WatchSection {
     pub lookback: Option<RawDuration>,
     pub stream: Option<String>,
     pub maxlen: Option<u64>,
+    /// `"redis-stream"` (default) or `"kafka"`.
+    pub sink: Option<String>,
+    pub topic: Option<String>,
 }

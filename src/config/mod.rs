@@ -5,6 +5,7 @@
 
 mod duration;
 mod file;
+mod kafka;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use duration::{RawDuration, parse_duration};
 use file::{FileConfig, PluginSection};
+pub use kafka::{KafkaConfig, WatchSink};
 
 use crate::model::{PluginName, Ticker};
 
@@ -106,8 +108,7 @@ pub struct WatchEntry {
     pub tickers: Vec<Ticker>,
     pub every: Duration,
     pub lookback: Duration,
-    pub stream: String,
-    pub maxlen: u64,
+    pub sink: WatchSink,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +130,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub plugins: BTreeMap<String, PluginOverrides>,
     pub watch: Vec<WatchEntry>,
+    /// `[kafka]`, resolved only when a `[[watch]]` entry has `sink = "kafka"`
+    /// (or the section is written), so a daemon without Kafka never needs one.
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl Config {
@@ -271,19 +275,27 @@ impl Config {
                 Some(l) => l.parse().map_err(|m| invalid(key("lookback"), m))?,
                 None => Duration::from_secs(7 * 86400),
             };
-            let stream = w.stream.clone().unwrap_or_else(|| "stock-data".to_owned());
-            if stream.is_empty() {
-                return Err(invalid(key("stream"), "must not be empty"));
-            }
+            let sink = kafka::resolve_sink(
+                &key,
+                w.sink.as_deref(),
+                w.topic.as_deref(),
+                w.stream.as_deref(),
+                w.maxlen,
+            )?;
             watch.push(WatchEntry {
                 plugin,
                 tickers,
                 every,
                 lookback,
-                stream,
-                maxlen: w.maxlen.unwrap_or(10_000),
+                sink,
             });
         }
+        let wants_kafka = watch.iter().any(|w| matches!(w.sink, WatchSink::Kafka { .. }));
+        let kafka = if wants_kafka || file.kafka.is_some() {
+            Some(kafka::resolve_kafka(file.kafka.as_ref(), &env_get)?)
+        } else {
+            None
+        };
 
         Ok(Config {
             listen,
@@ -300,6 +312,7 @@ impl Config {
             cache,
             plugins,
             watch,
+            kafka,
         })
     }
 

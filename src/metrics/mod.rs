@@ -178,14 +178,14 @@ impl Metrics {
             stream_published: counter(
                 &r,
                 "stream_published_total",
-                "Records the producer added to a Redis stream",
-                &["stream"],
+                "Records the producer published: added to a Redis stream, or acknowledged by Kafka",
+                &["stream", "sink"],
             ),
             stream_errors: counter(
                 &r,
                 "stream_publish_errors_total",
-                "Records the producer could not publish",
-                &["stream"],
+                "Records the producer could not publish, by reason (redis, queue_full, timeout, delivery, shutdown)",
+                &["stream", "sink", "reason"],
             ),
             plugins_loaded: gauge(&r, "plugins_loaded", "Plugins currently loaded and serving"),
             redis_up: gauge(
@@ -228,12 +228,13 @@ impl Metrics {
         self.reloads.with_label_values(&[plugin, result]).inc();
     }
 
-    pub fn stream_published(&self, stream: &str) {
-        self.stream_published.with_label_values(&[stream]).inc();
+    /// `sink` is `redis-stream` or `kafka`; `stream` the stream key or topic.
+    pub fn stream_published(&self, stream: &str, sink: &str) {
+        self.stream_published.with_label_values(&[stream, sink]).inc();
     }
 
-    pub fn stream_error(&self, stream: &str) {
-        self.stream_errors.with_label_values(&[stream]).inc();
+    pub fn stream_error(&self, stream: &str, sink: &str, reason: &str) {
+        self.stream_errors.with_label_values(&[stream, sink, reason]).inc();
     }
 
     /// Sums over plugins, for `/v1/stats`.
