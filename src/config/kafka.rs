@@ -155,9 +155,15 @@ impl KafkaConfig {
     /// first, then what tickerd fixes (so those always win).
     pub fn client_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
-        // Warnings and errors reach the sink's rate-limited log; the level
-        // is not derived from the `log` crate, which tickerd does not use.
-        c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        // Warnings and errors reach the sink's rate-limited log; librdkafka's
+        // `debug` option (contexts such as "broker,eos,msg") turns on its
+        // debug lines, logged at tickerd's debug level. The level is not
+        // derived from the `log` crate, which tickerd does not use.
+        c.set_log_level(if self.options.contains_key("debug") {
+            rdkafka::config::RDKafkaLogLevel::Debug
+        } else {
+            rdkafka::config::RDKafkaLogLevel::Warning
+        });
         for (k, v) in &self.options {
             c.set(k, v);
         }

