@@ -214,7 +214,9 @@ impl Tansu {
                 ])
                 .output()
                 .expect("tansu topic create");
-            if out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+            // A producer's metadata request may have created it already.
+            if out.status.success() || err.contains("exist") {
                 return;
             }
             assert!(
