@@ -14,7 +14,8 @@
 # apt-get when missing (root or sudo). A run that had any failure (non-2xx
 # answer, socket error, wrong trace answer) prints FAILED instead of its
 # figure, and the script exits 1.
-# Usage: bash bench/run.sh     (DURATION=10s LOAD_REQUESTS=1000000 by default)
+# Usage: bash bench/run.sh     (DURATION=10s LOAD_REQUESTS=1000000 by default;
+#        BENCH_TSV=FILE appends the table's rows to FILE, tab-separated)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -351,7 +352,9 @@ field() { # field LINE NAME
 # Lock, write with its stale copy, index sets, release, through tickerd's own
 # cache code with no HTTP and no Lua: the ceiling the plugin-overhead figure
 # cannot pass on this machine. Its keys are dropped afterwards (~1 GB).
-CEILING=$("$LOADGEN" cache-writes "redis://127.0.0.1:$RPORT/0" 8 | awk -F= '/calls_per_s/{print $NF}')
+# (Optional: "-" when this loadgen has no cache-writes mode.)
+CEILING=$({ "$LOADGEN" cache-writes "redis://127.0.0.1:$RPORT/0" 8 2>"$WORK/cache-writes.log" || true; } | awk -F= '/calls_per_s/{print $NF}')
+CEILING=${CEILING:--}
 redis-cli -p "$RPORT" flushall >/dev/null
 
 # --- idle RSS with the bundled plugins only -------------------------------------
@@ -368,7 +371,10 @@ stop_pid "$IPID"
 ratio() { # ratio A B: A/B, or "-" when either is not a figure
   case "$1$2" in *[!0-9.]* | "") echo "-" ;; *) python3 -c "print(f'{$1/$2:.2f}x')" ;; esac
 }
-row() { printf '%-40s %11s   %-22s %11s %7s   %s\n' "$@"; }
+row() { # row LABEL TICKERD PEER-NAME PEER RATIO TARGET; also tab-separated into $BENCH_TSV when set
+  printf '%-40s %11s   %-22s %11s %7s   %s\n' "$@"
+  [ -z "${BENCH_TSV:-}" ] || { local IFS=$'\t'; echo "$*" >> "$BENCH_TSV"; }
+}
 echo
 echo "tickerd benchmark  ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), wrk -t2 -c64 -d$DURATION, answer $SIZE bytes)"
 row "row" "tickerd" "peer" "peer" "ratio" "target"
