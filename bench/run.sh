@@ -226,6 +226,12 @@ CALLS0=$(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="synthetic"'
 measure PARTIAL_RPS "partial (one missing day)" -t2 -c64 -d"$DURATION" -s bench/wrk/partial.lua "$DURL"
 PARTIAL_CALLS=$(($(metric "$DURL" plugin_fetch_duration_seconds_count 'plugin="synthetic"') - CALLS0))
 PARTIAL_REQS=$(wrk_requests "$WORK/wrk-PARTIAL_RPS.txt" 2>/dev/null || echo 0)
+# What these rows are, by one sample each: a window of the stored year never
+# asked before, and a window one day later than a stored one.
+xcache() { curl -sf -D - -o /dev/null "$DURL$1" | awk 'tolower($1) == "x-cache:" {print $2}' | tr -d '\r'; }
+SAMPLE_SUB=$(xcache "/v1/data/synthetic/COV?start=2024-03-03&end=2024-03-20")
+curl -sf "$DURL/v1/data/synthetic/PS?start=2024-01-01&end=2024-01-24" >/dev/null
+SAMPLE_PARTIAL=$(xcache "/v1/data/synthetic/PS?start=2024-01-02&end=2024-01-25")
 stop_daemon
 
 TICKERD_LOG=warn start_daemon "[redis]
@@ -393,6 +399,7 @@ row "trace: upstream calls / requests" "$(field "$TRACE_RANGE" calls)/$TR_REQ" "
 row "trace: days asked / union of days" "$(field "$TRACE_RANGE" days_asked)/$(field "$TRACE_RANGE" union_days)" "per-answer cache" \
   "$(field "$TRACE_ANSWER" days_asked)/$(field "$TRACE_ANSWER" union_days)" \
   "$(field "$TRACE_RANGE" days_ratio)x" "<= 1.2x (per-answer: $(field "$TRACE_ANSWER" days_ratio)x)"
+echo "(one sample each: a new window inside the stored year answered X-Cache: ${SAMPLE_SUB:-?}; a window one day past a stored one: ${SAMPLE_PARTIAL:-?})"
 echo
 for s in "${STORMS[@]}"; do printf '%-44s %14s\n' "miss storm: 1000 concurrent, one cold key" "$s"; done
 printf "%-44s %14s   (3 storms; fetch_ms: that storm's one plugin call)\n" "miss storm: plugin calls" "$STORM_CALLS"

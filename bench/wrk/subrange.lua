@@ -12,11 +12,17 @@ function setup(thread)
 end
 function init(args)
   math.randomseed(1000 + tid)
-  -- Noon local time, formatted as local time: no time-zone offset can move a day.
-  t0 = os.time({ year = 2024, month = 1, day = 1, hour = 12 })
+  -- Every window built once (wrk runs request() per request, on the cores
+  -- tickerd uses): noon local time, formatted as local time, so no time-zone
+  -- offset can move a day.
+  local t0 = os.time({ year = 2024, month = 1, day = 1, hour = 12 })
+  reqs = {}
+  for i = 0, 341 do
+    local s = t0 + i * 86400
+    reqs[#reqs + 1] = wrk.format("GET", "/v1/data/" .. plugin .. "/" .. ticker
+      .. "?start=" .. os.date("%Y-%m-%d", s) .. "&end=" .. os.date("%Y-%m-%d", s + 23 * 86400))
+  end
 end
 request = function()
-  local s = t0 + math.random(0, 341) * 86400
-  return wrk.format("GET", "/v1/data/" .. plugin .. "/" .. ticker
-    .. "?start=" .. os.date("%Y-%m-%d", s) .. "&end=" .. os.date("%Y-%m-%d", s + 23 * 86400))
+  return reqs[math.random(#reqs)]
 end
