@@ -7,7 +7,10 @@
 #
 # What it does:
 #   - parses every YAML file with PyYAML and docker-compose.yml's services and
-#     keys against what the README promises (and that each bind-mounted path exists);
+#     keys against what the README promises (and that each bind-mounted path exists),
+#     including the optional `kafka` profile (broker + tickerd-producer and its
+#     config deploy/kafka/tickerd.toml; tickerd itself loads that file in
+#     `cargo test --lib`);
 #   - parses the Dockerfile with the `dockerfile` package (BuildKit's own parser),
 #     or a small fallback parser, and checks stages, layer order, exec-form
 #     ENTRYPOINT/CMD, a non-root USER, HEALTHCHECK and ENV;
@@ -403,6 +406,58 @@ check(isinstance(dep, dict) and (dep.get("redis") or {}).get("condition") == "se
 check("8000:8000" in ports(t), "tickerd publishes 8000:8000")
 grace = seconds(t.get("stop_grace_period", ""))
 check(grace is not None and grace >= 35, f"tickerd stop_grace_period >= 35s ({t.get('stop_grace_period')})")
+
+# the optional Kafka profile: a broker and a tickerd that publishes to it
+print("-- docker-compose.yml: profile kafka")
+k = services.get("kafka") or {}
+check(k.get("profiles") == ["kafka"], f"kafka service only under profile kafka ({k.get('profiles')})")
+check(str(k.get("image", "")).startswith("apache/kafka:"), f"kafka image apache/kafka ({k.get('image')})")
+ke = env_of(k)
+adv = ke.get("KAFKA_ADVERTISED_LISTENERS") or ""
+check("PLAINTEXT://kafka:9092" in adv, f"kafka advertises PLAINTEXT://kafka:9092 to the other services ({adv})")
+check("broker" in (ke.get("KAFKA_PROCESS_ROLES") or "") and "controller" in (ke.get("KAFKA_PROCESS_ROLES") or ""),
+      "kafka runs single-node KRaft (broker,controller)")
+check(ke.get("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR") == "1", "kafka offsets topic replication 1 (one node)")
+ktest = (k.get("healthcheck") or {}).get("test")
+ktest_s = " ".join(ktest) if isinstance(ktest, list) else str(ktest)
+check("kafka-broker-api-versions" in ktest_s or "kafka-topics" in ktest_s, "kafka healthcheck asks the broker")
+kp = services.get("tickerd-producer") or {}
+check(kp.get("profiles") == ["kafka"], f"tickerd-producer only under profile kafka ({kp.get('profiles')})")
+check(kp.get("image") == t.get("image") and (kp.get("build") in (".", "./") or isinstance(kp.get("build"), dict)),
+      "tickerd-producer is the tickerd image")
+kdep = kp.get("depends_on") or {}
+check(isinstance(kdep, dict) and all((kdep.get(n) or {}).get("condition") == "service_healthy"
+                                      for n in ("redis", "kafka")),
+      "tickerd-producer depends_on redis and kafka: service_healthy")
+check(not kp.get("ports"), "tickerd-producer publishes no port (tickerd owns 8000 on the host)")
+kcmd = kp.get("command") or []
+cfg_target = kcmd[kcmd.index("--config") + 1] if "--config" in kcmd[:-1] else None
+kmounts = {target: src for src, target, _ in mounts(kp)}
+cfg_src = kmounts.get(cfg_target)
+check(cfg_src is not None, f"tickerd-producer --config {cfg_target} is a bind-mounted file ({cfg_src})")
+check(env_of(kp).get("REDIS_HOST") == "redis", "tickerd-producer REDIS_HOST=redis (the shared cache)")
+if cfg_src and os.path.exists(cfg_src):
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:
+        tomllib = None
+    if tomllib is None:
+        print(f"skip  {cfg_src} TOML checks (Python < 3.11 has no tomllib)")
+    else:
+        try:
+            tc = tomllib.load(open(cfg_src, "rb"))
+            check(True, f"{cfg_src} parses as TOML")
+        except Exception as e:  # noqa: BLE001
+            tc = {}
+            check(False, f"{cfg_src} parses as TOML: {e}")
+        watches = tc.get("watch") or []
+        check(any(w.get("sink") == "kafka" for w in watches), f"{cfg_src} has a [[watch]] with sink = \"kafka\"")
+        brokers = (tc.get("kafka") or {}).get("brokers", "")
+        check(brokers.split(",")[0] == adv.replace("PLAINTEXT://", "").split(",")[0],
+              f"{cfg_src} brokers ({brokers}) = the kafka service's advertised listener")
+        plugins = {w.get("plugin") for w in watches}
+        check(all(os.path.exists(f"plugins/{p}.lua") for p in plugins),
+              f"{cfg_src} watches bundled plugins ({sorted(plugins)})")
 
 p = services.get("prometheus") or {}
 check(str(p.get("image", "")).startswith("prom/prometheus"), f"prometheus image prom/prometheus ({p.get('image')})")

@@ -336,4 +336,18 @@ mod tests {
             assert!(err.contains(bad), "{err}");
         }
     }
+
+    #[test]
+    fn the_compose_producer_config_loads() {
+        let text = include_str!("../../deploy/kafka/tickerd.toml");
+        let c = super::super::Config::resolve(
+            &super::super::Flags::default(),
+            &std::collections::HashMap::new(),
+            None,
+            Some(text),
+        )
+        .unwrap();
+        assert!(matches!(&c.watch[0].sink, WatchSink::Kafka { topic } if topic == "stock-data"));
+        assert_eq!(c.kafka.unwrap().brokers, "kafka:9092");
+    }
 }
