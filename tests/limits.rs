@@ -9,8 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mock_upstream::{Canned, MockUpstream};
-use common::{Daemon, DaemonBuilder, RedisServer};
-use serde_json::Value;
+use common::{Daemon, DaemonBuilder, RedisServer, error_of};
 
 const ONE_DAY: &str = "?start=2024-01-02&end=2024-01-02";
 
@@ -63,13 +62,6 @@ return {
   end,
 }
 "#;
-
-fn error_of(body: &Value) -> (String, String) {
-    (
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-        body["error"]["message"].as_str().unwrap_or("").to_owned(),
-    )
-}
 
 struct Setup {
     d: Daemon,

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::mock_upstream::{Canned, MockUpstream};
-use common::{Daemon, DaemonBuilder, RedisServer};
+use common::{Daemon, DaemonBuilder, RedisServer, error_of};
 use serde_json::Value;
 
 async fn data(d: &Daemon, path: &str) -> (u16, String, Value) {
@@ -21,13 +21,6 @@ fn dates(body: &Value) -> Vec<String> {
         .iter()
         .map(|b| b["date"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn error_of(body: &Value) -> (String, String) {
-    (
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-        body["error"]["message"].as_str().unwrap_or("").to_owned(),
-    )
 }
 
 async fn daemon(redis: &RedisServer, plugin: &str, env: &[(&str, &str)]) -> Daemon {
@@ -602,7 +595,7 @@ async fn http_limits_timeouts_schemes_and_allow_list_fail_clearly() {
         let (code, msg) = error_of(&body);
         assert_eq!(code, "plugin_error");
         assert!(
-            msg.contains("MiB") && msg.contains("[plugins.echo]") && msg.contains(path),
+            msg.contains("limit of 64 KiB") && msg.contains("[plugins.echo]") && msg.contains(path),
             "{msg}"
         );
     }

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mock_upstream::{Canned, MockUpstream};
-use common::{Daemon, DaemonBuilder, RedisServer};
+use common::{Daemon, DaemonBuilder, RedisServer, error_of};
 use serde_json::Value;
 
 const ONE_DAY: &str = "?start=2024-01-02&end=2024-01-02";
@@ -105,13 +105,6 @@ return {
 /// GET a daemon path: status and JSON body.
 async fn data(d: &Daemon, path: &str) -> (u16, Value) {
     d.get_json(path).await
-}
-
-fn error_of(body: &Value) -> (String, String) {
-    (
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-        body["error"]["message"].as_str().unwrap_or("").to_owned(),
-    )
 }
 
 /// A daemon with the probe plugin (plus synthetic), and its Redis.

@@ -465,7 +465,7 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
     };
     if let Some(env) = &s.env {
         for v in env {
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if !is_env_var_name(v) {
                 return Err(invalid(
                     key("env"),
                     format!("{v:?} is not an environment variable name"),
@@ -483,6 +483,26 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
         max_body: bytes(&s.max_body, "max_body")?,
         states: positive(s.states, "states")?,
     })
+}
+
+/// `16 MiB`, `512 KiB` or `1000 bytes`: a size as it was most likely
+/// written in the config, for messages that name a limit.
+pub fn format_bytes(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes % KIB == 0 {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Whether `name` can be an environment variable a plugin reads: letters,
+/// digits and `_`, not empty (the plugin's `env` list and `[plugins.x] env`).
+pub fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `"64MiB"`, `"16 MB"`, `"512KiB"` or a plain byte count.
@@ -613,6 +633,10 @@ mod tests {
 
     #[test]
     fn sizes() {
+        assert_eq!(format_bytes(64 * 1024 * 1024), "64 MiB");
+        assert_eq!(format_bytes(512 * 1024), "512 KiB");
+        assert_eq!(format_bytes(1000), "1000 bytes");
+        assert!(is_env_var_name("API_KEY_2") && !is_env_var_name("") && !is_env_var_name("A-B"));
         assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
         assert_eq!(parse_bytes("16 MB").unwrap(), 16_000_000);
         assert_eq!(parse_bytes("1024").unwrap(), 1024);

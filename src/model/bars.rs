@@ -54,7 +54,7 @@ fn volume_as_integer<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::O
 }
 
 fn whole_volume(x: f64) -> Option<u64> {
-    (x.fract() == 0.0 && (0.0..9.0e15).contains(&x)).then_some(x as u64)
+    super::whole_number(x).and_then(|i| u64::try_from(i).ok())
 }
 
 /// One value as serde_json writes it. Writing into a `Vec` cannot fail, and
@@ -212,14 +212,11 @@ impl Bars {
         out.push_str("date,open,high,low,close,volume\n");
         for b in &self.0 {
             let _ = write!(out, "{},{},{},{},{},", b.date, b.open, b.high, b.low, b.close);
-            match b.volume {
-                Some(v) if v.fract() == 0.0 && v < 9.0e15 => {
-                    let _ = write!(out, "{}", v as u64);
-                }
-                Some(v) => {
-                    let _ = write!(out, "{v}");
-                }
-                None => {}
+            if let Some(v) = b.volume {
+                let _ = match whole_volume(v) {
+                    Some(w) => write!(out, "{w}"),
+                    None => write!(out, "{v}"),
+                };
             }
             out.push('\n');
         }

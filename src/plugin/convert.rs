@@ -6,14 +6,44 @@
 //! `json.object()`; anything else is an object whose keys must be strings
 //! (or integers, written as strings). `json.null` stands for JSON null.
 
+use std::time::Duration;
+
 use mlua::{Lua, Table, Value};
 use serde_json::{Map, Number, Value as Json};
+
+use crate::config::parse_duration;
+use crate::model::whole_number;
 
 /// Deep structures are refused rather than overflowing the stack.
 pub const MAX_DEPTH: usize = 64;
 
 /// Registry key of the metatable that marks an empty table as a JSON object.
 pub const OBJECT_MARK: &str = "tickerd.json.object";
+
+/// A duration a plugin wrote: a string such as `"1h"` or `"250ms"`, or a
+/// positive number of seconds. `Ok(None)` when it is nil; the error says what
+/// `what` must be.
+pub fn lua_duration(what: &str, v: Value) -> Result<Option<Duration>, String> {
+    let d = match v {
+        Value::Nil => return Ok(None),
+        Value::Integer(i) if i > 0 => Duration::from_secs(i as u64),
+        Value::Number(n) if n > 0.0 && n.is_finite() => {
+            Duration::try_from_secs_f64(n).map_err(|_| format!("{what} {n} is out of range"))?
+        }
+        Value::Integer(_) | Value::Number(_) => return Err(format!("{what} must be more than 0")),
+        Value::String(s) => parse_duration(&s.to_string_lossy()).map_err(|m| format!("{what}: {m}"))?,
+        other => {
+            return Err(format!(
+                "{what} must be a duration such as \"1h\" or a positive number of seconds, got {}",
+                other.type_name()
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("{what} must be more than 0"));
+    }
+    Ok(Some(d))
+}
 
 pub fn lua_to_json(lua: &Lua, v: &Value, path: &str, depth: usize) -> Result<Json, String> {
     if depth > MAX_DEPTH {
@@ -24,13 +54,10 @@ pub fn lua_to_json(lua: &Lua, v: &Value, path: &str, depth: usize) -> Result<Jso
         Value::LightUserData(p) if p.0.is_null() => Json::Null,
         Value::Boolean(b) => Json::Bool(*b),
         Value::Integer(i) => Json::Number((*i).into()),
-        Value::Number(n) => {
-            if n.fract() == 0.0 && n.abs() < 9.0e15 {
-                Json::Number((*n as i64).into())
-            } else {
-                Json::Number(Number::from_f64(*n).ok_or_else(|| format!("{path}: {n} is not a finite number"))?)
-            }
-        }
+        Value::Number(n) => match whole_number(*n) {
+            Some(i) => Json::Number(i.into()),
+            None => Json::Number(Number::from_f64(*n).ok_or_else(|| format!("{path}: {n} is not a finite number"))?),
+        },
         Value::String(s) => Json::String(
             s.to_str()
                 .map_err(|_| format!("{path}: string is not valid UTF-8"))?
@@ -128,4 +155,39 @@ pub fn json_to_lua(lua: &Lua, v: &Json, depth: usize) -> mlua::Result<Value> {
             Value::Table(t)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_plugins_write_them() {
+        let lua = Lua::new();
+        let s = |t: &str| Value::String(lua.create_string(t).unwrap());
+        assert_eq!(lua_duration("ttl", Value::Nil), Ok(None));
+        assert_eq!(
+            lua_duration("ttl", Value::Integer(90)),
+            Ok(Some(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            lua_duration("ttl", Value::Number(0.25)),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert_eq!(lua_duration("ttl", s("1h")), Ok(Some(Duration::from_secs(3600))));
+        for bad in [Value::Integer(0), Value::Integer(-5), Value::Number(-1.0), s("0s")] {
+            assert_eq!(lua_duration("ttl", bad), Err("ttl must be more than 0".to_owned()));
+        }
+        assert!(
+            lua_duration("ttl", Value::Number(1e300))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            lua_duration("timeout", Value::Boolean(true))
+                .unwrap_err()
+                .starts_with("timeout must be a duration")
+        );
+        assert!(lua_duration("ttl", s("soon")).unwrap_err().starts_with("ttl: "));
+    }
 }

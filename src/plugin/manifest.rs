@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use mlua::{Table, Value};
 
-use crate::config::parse_duration;
+use crate::config::is_env_var_name;
+use crate::model::whole_number;
+use crate::plugin::convert::lua_duration;
 
 /// A plugin's own declarations (before config overrides).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -45,26 +47,8 @@ fn problem(key: &str, message: impl Into<String>) -> ManifestProblem {
 }
 
 fn duration(t: &Table, key: &str) -> Result<Option<Duration>, ManifestProblem> {
-    match t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))? {
-        Value::Nil => Ok(None),
-        Value::Integer(i) if i > 0 => Ok(Some(Duration::from_secs(i as u64))),
-        Value::Number(n) if n > 0.0 && n.is_finite() => Ok(Some(Duration::from_secs_f64(n))),
-        Value::String(s) => {
-            let s = s.to_string_lossy();
-            match parse_duration(&s) {
-                Ok(d) if !d.is_zero() => Ok(Some(d)),
-                Ok(_) => Err(problem(key, format!("{key} must be more than 0"))),
-                Err(m) => Err(problem(key, format!("{key}: {m}"))),
-            }
-        }
-        other => Err(problem(
-            key,
-            format!(
-                "{key} must be a duration string such as \"1h\" or a positive number of seconds, got {}",
-                other.type_name()
-            ),
-        )),
-    }
+    let v = t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))?;
+    lua_duration(key, v).map_err(|m| problem(key, m))
 }
 
 fn names(t: &Table, key: &str) -> Result<Option<Vec<String>>, ManifestProblem> {
@@ -136,13 +120,12 @@ impl Manifest {
             _ => return Err(problem("description", "description must be a string")),
         };
         let cache_version = match t.raw_get::<Value>("cache_version") {
-            Ok(Value::Nil) => 1,
-            Ok(Value::Integer(i)) if (0..=u32::MAX as i64).contains(&i) => i as u32,
-            Ok(Value::Number(n)) if n.fract() == 0.0 && n >= 0.0 && n <= u32::MAX as f64 => n as u32,
-            _ => {
-                return Err(problem("cache_version", "cache_version must be a whole number >= 0"));
-            }
-        };
+            Ok(Value::Nil) => Some(1),
+            Ok(Value::Integer(i)) => u32::try_from(i).ok(),
+            Ok(Value::Number(n)) => whole_number(n).and_then(|i| u32::try_from(i).ok()),
+            _ => None,
+        }
+        .ok_or_else(|| problem("cache_version", "cache_version must be a whole number >= 0"))?;
         let max_concurrency = match t.raw_get::<Value>("max_concurrency") {
             Ok(Value::Nil) => None,
             Ok(Value::Integer(i)) if i >= 1 => Some(i as usize),
@@ -155,7 +138,7 @@ impl Manifest {
         };
         let env = names(t, "env")?.unwrap_or_default();
         for e in &env {
-            if e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if !is_env_var_name(e) {
                 return Err(problem("env", format!("{e:?} is not an environment variable name")));
             }
         }

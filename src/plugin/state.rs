@@ -9,6 +9,7 @@ use super::host::{self, HostCtx, HostError};
 use super::manifest::{Manifest, line_of};
 use super::output::{RawOutput, read_output};
 use super::sandbox::{Deadlined, new_state, with_deadline};
+use crate::config::format_bytes;
 use crate::error::FetchError;
 
 /// How long a plugin file's top level may run when it is loaded.
@@ -150,7 +151,7 @@ impl PluginState {
             if let Some(mlua::Error::MemoryError(_)) = cause.downcast_ref::<mlua::Error>() {
                 return FetchError::PluginError(format!(
                     "plugin {p}: memory limit of {} reached{}",
-                    size(self.memory_limit),
+                    format_bytes(self.memory_limit),
                     lua_location(e).map(|l| format!(" (at {l})")).unwrap_or_default()
                 ));
             }
@@ -158,7 +159,7 @@ impl PluginState {
         if let mlua::Error::MemoryError(_) = e {
             return FetchError::PluginError(format!(
                 "plugin {p}: memory limit of {} reached",
-                size(self.memory_limit)
+                format_bytes(self.memory_limit)
             ));
         }
         let flat = flatten(e);
@@ -168,7 +169,7 @@ impl PluginState {
         if flat.ends_with("not enough memory") {
             return FetchError::PluginError(format!(
                 "plugin {p}: memory limit of {} reached ({flat})",
-                size(self.memory_limit)
+                format_bytes(self.memory_limit)
             ));
         }
         FetchError::PluginError(format!("plugin {p}: {flat}"))
@@ -191,19 +192,6 @@ fn flatten(e: &mlua::Error) -> String {
         mlua::Error::SyntaxError { message, .. } => first_line(message),
         mlua::Error::ExternalError(x) => x.to_string(),
         other => first_line(&other.to_string()),
-    }
-}
-
-/// `16 MiB`, `512 KiB` or `1000 bytes`, as a limit was most likely written.
-fn size(bytes: usize) -> String {
-    const KIB: usize = 1024;
-    const MIB: usize = 1024 * 1024;
-    if bytes >= MIB && bytes % MIB == 0 {
-        format!("{} MiB", bytes / MIB)
-    } else if bytes >= KIB && bytes % KIB == 0 {
-        format!("{} KiB", bytes / KIB)
-    } else {
-        format!("{bytes} bytes")
     }
 }
 
@@ -233,13 +221,6 @@ fn first_lua_frame(traceback: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_sizes_as_written() {
-        assert_eq!(size(64 * 1024 * 1024), "64 MiB");
-        assert_eq!(size(512 * 1024), "512 KiB");
-        assert_eq!(size(1000), "1000 bytes");
-    }
 
     #[test]
     fn locates_lua_messages() {

@@ -14,6 +14,15 @@ pub use redis_server::RedisServer;
 
 use std::time::{Duration, Instant};
 
+/// The `code` and `message` of an error body `{"error": {...}}` (empty
+/// strings where missing, so a wrong body fails the caller's assertion).
+pub fn error_of(body: &serde_json::Value) -> (String, String) {
+    (
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        body["error"]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
 /// A loopback port that was free a moment ago (bound, then released).
 ///
 /// Racy by nature: another process may take it before the caller binds it.

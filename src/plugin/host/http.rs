@@ -23,10 +23,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
 use super::{HostCtx, HostError};
-use crate::config::parse_duration;
-use crate::plugin::convert::lua_to_json;
-
-const MIB: usize = 1024 * 1024;
+use crate::config::format_bytes;
+use crate::model::whole_number;
+use crate::plugin::convert::{lua_duration, lua_to_json};
 
 const OPTION_KEYS: &[&str] = &["method", "url", "headers", "query", "body", "timeout"];
 
@@ -129,11 +128,7 @@ fn text_of(func: &str, what: &str, v: Value) -> mlua::Result<String> {
             .map_err(|_| bad(func, format!("{what} is not valid UTF-8")))?
             .to_string()),
         Value::Integer(i) => Ok(i.to_string()),
-        Value::Number(n) => Ok(if n.fract() == 0.0 && n.abs() < 9.0e15 {
-            (n as i64).to_string()
-        } else {
-            n.to_string()
-        }),
+        Value::Number(n) => Ok(whole_number(n).map_or_else(|| n.to_string(), |i| i.to_string())),
         Value::Boolean(b) => Ok(b.to_string()),
         other => Err(bad(
             func,
@@ -143,30 +138,7 @@ fn text_of(func: &str, what: &str, v: Value) -> mlua::Result<String> {
 }
 
 fn read_timeout(func: &str, v: Value) -> mlua::Result<Option<Duration>> {
-    let d = match v {
-        Value::Nil => return Ok(None),
-        Value::Integer(i) if i > 0 => Duration::from_secs(i as u64),
-        Value::Number(n) if n > 0.0 && n.is_finite() => {
-            Duration::try_from_secs_f64(n).map_err(|_| bad(func, format!("timeout {n} is out of range")))?
-        }
-        Value::String(s) => {
-            let s = s.to_string_lossy();
-            parse_duration(&s).map_err(|m| bad(func, format!("timeout: {m}")))?
-        }
-        other => {
-            return Err(bad(
-                func,
-                format!(
-                    "timeout must be a duration such as \"5s\" or a positive number of seconds, got {}",
-                    other.type_name()
-                ),
-            ));
-        }
-    };
-    if d.is_zero() {
-        return Err(bad(func, "timeout must be more than 0"));
-    }
-    Ok(Some(d))
+    lua_duration("timeout", v).map_err(|m| bad(func, m))
 }
 
 fn read_call(
@@ -353,14 +325,6 @@ fn describe(e: reqwest::Error) -> String {
     format!("{kind} ({})", parts.join(": "))
 }
 
-fn mib(bytes: usize) -> String {
-    if bytes % MIB == 0 {
-        format!("{} MiB", bytes / MIB)
-    } else {
-        format!("{:.3} MiB ({bytes} bytes)", bytes as f64 / MIB as f64)
-    }
-}
-
 async fn perform(ctx: &HostCtx, call: Call) -> Result<Answer, HostError> {
     check_allowed(ctx, &call.url)?;
     let max_body = ctx.settings.load().max_body;
@@ -369,7 +333,7 @@ async fn perform(ctx: &HostCtx, call: Call) -> Result<Answer, HostError> {
     let limit_msg = |what: &str| {
         HostError::Limit(format!(
             "http: the response body of {target} {what} the limit of {} (raise it with max_body under [plugins.{}])",
-            mib(max_body),
+            format_bytes(max_body),
             ctx.plugin
         ))
     };
@@ -593,11 +557,5 @@ mod tests {
             other => panic!("expected a Limit error, got {:?}", other.map(|a| a.status)),
         }
         assert_eq!(hits.load(Ordering::SeqCst), 2, "the denied hop was never contacted");
-    }
-
-    #[test]
-    fn sizes_in_mib() {
-        assert_eq!(mib(16 * MIB), "16 MiB");
-        assert_eq!(mib(1024), "0.001 MiB (1024 bytes)");
     }
 }
