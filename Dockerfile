@@ -15,7 +15,8 @@
 ############################################################################
 FROM rust:1.95-slim-bookworm AS builder
 
-# mlua's vendored Lua 5.4, ring and jemalloc (configure + make) are C built here.
+# mlua's vendored Lua 5.4, ring, jemalloc and librdkafka (the Kafka sink,
+# bundled by rdkafka: configure + make) are C built here.
 # TLS is rustls + ring, so neither OpenSSL nor pkg-config is needed.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make \
