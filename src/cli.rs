@@ -1,4 +1,4 @@
-//! The command line (SPEC §1): `serve`, `fetch`, `invalidate`, `check`, `plugins`.
+//! The command line (README, "Quick tour"): `serve`, `fetch`, `invalidate`, `check`, `plugins`.
 //! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The producer (SPEC §1 `[[watch]]`, §8): keeps watched tickers fresh and
+//! The producer (README, "The producer": `[[watch]]`): keeps watched tickers fresh and
 //! publishes each record to its sink (a Redis stream or a Kafka topic),
 //! replacing the old producer script. Fetches go through the same pipeline
 //! as HTTP requests, so they share the cache, the single-flight and the

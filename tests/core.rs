@@ -54,7 +54,7 @@ async fn miss_then_hit_from_redis_with_ttl_set_and_metrics_moving() {
         assert!(b["volume"].as_u64().unwrap() > 0);
     }
 
-    // The entry is in Redis under the SPEC's key layout, with the plugin's TTL.
+    // The entry is in Redis under the documented key layout (README, "Cache behaviour"), with the plugin's TTL.
     let prefix = prefix_of(&redis);
     let key = format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31");
     let mut c = redis.conn();

@@ -1,4 +1,4 @@
-//! Plugin limits (SPEC §3), through the real daemon: wall time against busy
+//! Plugin limits (docs/PLUGINS.md, "The sandbox and its limits"), through the real daemon: wall time against busy
 //! loops (also inside `pcall` and inside coroutines the plugin creates),
 //! memory against table and `string.rep` bombs, and concurrency. After each
 //! broken limit the daemon still serves another plugin and the broken

@@ -1,4 +1,4 @@
-//! The plugin sandbox (SPEC §3), through the real daemon: one test per
+//! The plugin sandbox (docs/PLUGINS.md, "The sandbox and its limits"), through the real daemon: one test per
 //! capability a plugin must not have. A probe plugin tries the capability in
 //! `fetch` and reports what happened in `meta`; where the attempt itself
 //! must fail the request, the test checks the error and that the daemon is

@@ -1,4 +1,4 @@
-//! Cache key layout (SPEC §4):
+//! Cache key layout (README, "Cache behaviour"):
 //! `{prefix}:{plugin}:{cache_version}:{TICKER}:{start}:{end}`.
 //!
 //! Every part is validated before it gets here (prefix from config, plugin
@@ -6,7 +6,7 @@
 //! contain `:`, so a key cannot be forged to land in another plugin's
 //! namespace. In cluster mode the plugin and ticker are wrapped in a hash tag
 //! (`{prefix}:{plugin:TICKER}:...`) so one ticker's entries and its index share
-//! a slot; standalone Redis keeps the SPEC's exact layout.
+//! a slot; standalone Redis keeps the documented layout.
 
 use std::fmt;
 

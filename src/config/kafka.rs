@@ -1,4 +1,4 @@
-//! `[kafka]` and the `sink` of a `[[watch]]` entry (SPEC §8).
+//! `[kafka]` and the `sink` of a `[[watch]]` entry (README, "The producer").
 //!
 //! The `[kafka.options]` table goes to librdkafka as-is, so its names are
 //! checked by librdkafka itself here, at load time: a typo is a start-up
@@ -74,7 +74,7 @@ const RESERVED: &[(&str, &str)] = &[
 ];
 
 /// Properties tickerd fixes so records are delivered at least once, in order
-/// per ticker (SPEC §8: idempotent producer, `acks=all`).
+/// per ticker (README, "The producer": idempotent producer, `acks=all`).
 const FIXED: &[(&str, &[&str])] = &[
     ("enable.idempotence", &["true"]),
     ("acks", &["all", "-1"]),

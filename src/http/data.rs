@@ -35,7 +35,7 @@ fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-/// Turns path and query into a validated request (SPEC request rules).
+/// Turns path and query into a validated request (the request rules in the README, "HTTP API").
 pub fn parse_request(
     plugin: &str,
     ticker: &str,

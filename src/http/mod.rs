@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §2) on axum: data, plugins, cache admin, stats,
+//! The HTTP API (README, "HTTP API") on axum: data, plugins, cache admin, stats,
 //! health and metrics on one port.
 
 mod access;

@@ -63,7 +63,8 @@ pub fn json_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
-/// The SPEC §3 output contract for a list of bars.
+/// The output contract for a list of bars (docs/PLUGINS.md, "What `fetch`
+/// must return").
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BarsError {
     #[error("bars[{index}].{field}: {message}")]

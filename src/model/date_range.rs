@@ -38,7 +38,7 @@ impl DateRange {
         Ok(Self { start, end })
     }
 
-    /// Applies the SPEC's request rules: both missing means yesterday..yesterday,
+    /// Applies the request rules (README, "HTTP API"): both missing means yesterday..yesterday,
     /// a missing `end` means today, and `end` alone is refused because a range
     /// with an implied start would silently cover an unknown span.
     pub fn from_request(start: Option<&str>, end: Option<&str>, today: NaiveDate) -> Result<Self, InvalidField> {

@@ -2,7 +2,7 @@ use std::fmt;
 
 use super::InvalidField;
 
-/// A ticker symbol as the SPEC allows it: `^[A-Za-z0-9.^=_-]{1,32}$`, upper-cased.
+/// A ticker symbol as the README's request rules ("HTTP API") allow it: `^[A-Za-z0-9.^=_-]{1,32}$`, upper-cased.
 ///
 /// Upper-casing happens here so `aapl` and `AAPL` share one cache entry.
 /// The allowed alphabet excludes `:` and `*`, so a ticker can never reach

@@ -50,7 +50,7 @@ impl Answer {
         }
     }
 
-    /// The SPEC's JSON answer: the stored document plus the `cache` object.
+    /// The JSON answer (README, "HTTP API"): the stored document plus the `cache` object.
     pub fn to_json(&self) -> Vec<u8> {
         let Payload::Data(body) = &self.env.payload else {
             return b"{}".to_vec();

@@ -1,4 +1,5 @@
-//! The request pipeline (SPEC §4): validated request -> cache key -> cache
+//! The request pipeline (README, "Cache behaviour"; docs/ARCHITECTURE.md,
+//! "One request"): validated request -> cache key -> cache
 //! read -> on a miss one plugin call (single-flight) -> output contract ->
 //! cache write -> answer. The HTTP API, the CLI and the producer all go
 //! through [`Pipeline::get`], so they count and cache the same way.

@@ -1,4 +1,5 @@
-//! A Lua 5.4 state with only what the SPEC allows, built by allow-list.
+//! A Lua 5.4 state with only what docs/PLUGINS.md ("The sandbox and its
+//! limits") allows, built by allow-list.
 //!
 //! Only `string`, `table`, `math`, `utf8`, `coroutine` and a reduced `os` are
 //! opened; from the base library the unsafe loaders are removed and `load`

@@ -1,6 +1,8 @@
 //! A plugin's effective settings: what its file declares, overridden by
 //! `[plugins.<name>]`, falling back to defaults. Kept behind an `ArcSwap` so a
-//! config reload changes `ttl`, `timeout`, `env` and limits without recompiling.
+//! config reload changes `ttl`, `timeout`, `max_concurrency`, `env`,
+//! `allow_hosts` and `max_body` without recompiling; `memory_limit` and
+//! `states` are read once, when the plugin's states are built.
 
 use std::time::Duration;
 
@@ -51,8 +53,9 @@ impl Settings {
     }
 }
 
-/// One Lua state per core: a state runs Lua on one thread at a time, and
-/// this machine kind has two cores.
+/// One Lua state per core (a state runs Lua on one thread at a time), at
+/// least 1 and at most 4: more states cost memory (`memory_limit` each) and
+/// threads for little gain, since a fetch mostly waits on its upstream.
 fn default_states() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

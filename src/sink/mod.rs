@@ -1,4 +1,4 @@
-//! Where the producer's records go (SPEC §8): a capped Redis stream on the
+//! Where the producer's records go (README, "The producer"): a capped Redis stream on the
 //! cache's Redis, or a Kafka topic through one idempotent producer.
 //!
 //! Both sinks take the same [`Record`]. Publishing never waits on Kafka: a

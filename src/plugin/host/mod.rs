@@ -1,5 +1,5 @@
 //! Host modules: the globals a plugin gets besides the standard libraries
-//! (SPEC §3): `http`, `json`, `csv`, `log`, `env`, `date`, and `errors` for
+//! (docs/PLUGINS.md, "Host modules"): `http`, `json`, `csv`, `log`, `env`, `date`, and `errors` for
 //! raising a classified failure.
 
 mod csv;
