@@ -99,9 +99,10 @@ async fn cache_writes(redis_url: String, secs: u64) {
     use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use tickerd::cache::{Cache, DataDoc, Envelope};
+    use tickerd::cache::series::{Span, Write};
+    use tickerd::cache::{Cache, SeriesId, Store};
     use tickerd::config::{Config, Flags};
-    use tickerd::model::{Bar, Bars, DateRange, PluginName, Ticker, parse_date, ymd_string};
+    use tickerd::model::{Bar, DateRange, PluginName, Ticker, parse_date};
 
     let toml = format!("[redis]\nurl = \"{redis_url}\"\nkey_prefix = \"bench-writes\"\n");
     let cfg = Config::resolve(&Flags::default(), &HashMap::new(), None, Some(&toml)).expect("config");
@@ -115,23 +116,22 @@ async fn cache_writes(redis_url: String, secs: u64) {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for task in 0..64u64 {
-        let (cache, done, plugin, pm) = (
-            Arc::clone(&cache),
-            Arc::clone(&done),
-            plugin.clone(),
-            metrics.plugin("flat30"),
-        );
+        let (cache, done, plugin) = (Arc::clone(&cache), Arc::clone(&done), plugin.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < until {
                 i += 1;
                 let ticker = Ticker::parse(&format!("W{task}X{i}")).expect("ticker");
-                let key = cache.keys().entry(&plugin, 1, &ticker, &range);
-                let guard = cache.try_lock(&key, Duration::from_secs(6)).await.ok().flatten();
+                let id = SeriesId {
+                    plugin: plugin.clone(),
+                    version: 1,
+                    ticker,
+                };
+                let guard = cache.lock(&id, Duration::from_secs(6)).await.ok().and_then(|a| a.guard);
                 let bars = (0..30u32)
                     .map(|d| {
                         let p = 100.0 + f64::from(d);
-                        Bar {
+                        let bar = Bar {
                             date: start + chrono::Days::new(u64::from(d)),
                             open: p,
                             high: p + 1.0,
@@ -139,22 +139,23 @@ async fn cache_writes(redis_url: String, secs: u64) {
                             close: p + 0.5,
                             volume: Some(1000.0 + f64::from(d)),
                             extra: Default::default(),
-                        }
+                        };
+                        let mut v = Vec::with_capacity(128);
+                        bar.write_json(&mut v);
+                        (bar.date, bytes::Bytes::from(v))
                     })
                     .collect();
-                let doc = DataDoc {
-                    plugin: "flat30".into(),
-                    ticker: ticker.to_string(),
-                    start: ymd_string(range.start()),
-                    end: ymd_string(range.end()),
-                    bars: Bars::validated(bars, &range).expect("bars"),
-                    meta: Default::default(),
-                    fetched_at: "2026-11-26T00:00:00Z".into(),
+                let w = Write {
+                    span: Span {
+                        from: range.start(),
+                        to: range.end(),
+                        fetched_ms: tickerd::cache::now_ms(),
+                        empty: false,
+                    },
+                    bars,
+                    meta: Some(bytes::Bytes::from_static(b"{}")),
                 };
-                let env = Envelope::data(doc, Duration::from_secs(3600));
-                cache
-                    .write(&key, "flat30", ticker.as_str(), env, &pm, guard.as_ref())
-                    .await;
+                let _ = cache.write(&id, &w, Duration::from_secs(3600), guard.as_ref()).await;
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));

@@ -10,6 +10,9 @@
 --   {"Information": "...rate limit / premium"} rate limit, plan    -> upstream_error
 --   {"Error Message": "Invalid API call..."}   e.g. unknown symbol -> no_data
 -- Raising an error (never returning bars) is what keeps these out of the cache.
+-- outputsize=full returns the whole history at once, so the answer declares
+-- what it covers (`coverage`): tickerd keeps every bar, and later requests
+-- for any range of that history are answered without another call.
 -- Prices come as strings keyed "1. open", "2. high", ...; dates are object keys,
 -- in no particular order.
 
@@ -58,20 +61,29 @@ return {
 
     local bars = {}
     for d, v in pairs(series) do
-      if d >= req.start_date and d <= req.end_date then
-        bars[#bars + 1] = {
-          date = d,
-          open = tonumber(v["1. open"]),
-          high = tonumber(v["2. high"]),
-          low = tonumber(v["3. low"]),
-          close = tonumber(v["4. close"]),
-          volume = tonumber(v["5. volume"]),
-        }
-      end
+      bars[#bars + 1] = {
+        date = d,
+        open = tonumber(v["1. open"]),
+        high = tonumber(v["2. high"]),
+        low = tonumber(v["3. low"]),
+        close = tonumber(v["4. close"]),
+        volume = tonumber(v["5. volume"]),
+      }
     end
     table.sort(bars, function(a, b) return a.date < b.date end)
 
+    -- The whole history is in this answer: from its first date (or the asked
+    -- start, if earlier) to the asked end (or its last date, if later).
+    local from, to = req.start_date, req.end_date
+    if #bars > 0 then
+      if bars[1].date < from then from = bars[1].date end
+      if bars[#bars].date > to then to = bars[#bars].date end
+    end
     local info = doc["Meta Data"] or {}
-    return { bars = bars, meta = { symbol = info["2. Symbol"], timezone = info["5. Time Zone"] } }
+    return {
+      bars = bars,
+      coverage = { from = from, to = to },
+      meta = { symbol = info["2. Symbol"], timezone = info["5. Time Zone"] },
+    }
   end,
 }

@@ -181,7 +181,7 @@ fn fetch(
             Ok(answer) => {
                 match format {
                     OutFormat::Json => println!("{}", String::from_utf8_lossy(&answer.to_json())),
-                    OutFormat::Csv => print!("{}", answer.to_csv()),
+                    OutFormat::Csv => print!("{}", answer.to_csv().unwrap_or_default()),
                 }
                 ExitCode::SUCCESS
             }
@@ -235,19 +235,18 @@ fn invalidate(
             );
             return ExitCode::from(1);
         }
-        let names: Vec<String> = plugin_files(&daemon.registry.dir())
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        match daemon.cache.invalidate(&sel, &names).await {
-            Ok(n) => {
-                println!("{n}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tickerd: {e}");
-                ExitCode::from(1)
-            }
+        // Loaded plugins name their current cache_version, so their series
+        // are found even where an index set is missing.
+        daemon.registry.rescan().await;
+        let done = daemon.pipeline.invalidate(&sel).await;
+        println!("{}", done.deleted);
+        for p in &done.problems {
+            eprintln!("tickerd: not removed: {p}");
+        }
+        if done.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
         }
     })
 }

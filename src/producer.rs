@@ -109,17 +109,18 @@ async fn round(daemon: &Arc<Daemon>, sinks: &Sinks, entry: &WatchEntry, stop: &w
         };
         match daemon.pipeline.get(&req).await {
             Ok(answer) => {
-                let Some(doc) = answer.doc() else { continue };
-                // Validated bars (finite numbers): serialising cannot fail.
-                let Ok(bars) = serde_json::value::to_raw_value(&doc.bars) else {
+                // Bars as stored: each is checked JSON, so the array is too.
+                let Ok(bars) = serde_json::value::RawValue::from_string(
+                    String::from_utf8_lossy(&answer.bars_json()).into_owned(),
+                ) else {
                     continue;
                 };
                 let record = Record {
-                    plugin: doc.plugin.clone(),
-                    ticker: doc.ticker.clone(),
-                    start: doc.start.clone(),
-                    end: doc.end.clone(),
-                    fetched_at: doc.fetched_at.clone(),
+                    plugin: answer.plugin.to_string(),
+                    ticker: answer.ticker.to_string(),
+                    start: answer.range.start().to_string(),
+                    end: answer.range.end().to_string(),
+                    fetched_at: answer.fetched_at(),
                     bars,
                     cache: answer.status.as_str(),
                 };

@@ -93,26 +93,38 @@ async fn caches_and_invalidates_on_a_three_master_cluster() {
     for p in &paths {
         assert_eq!(d.get(p).await.headers()["x-cache"], "HIT", "{p}");
     }
-    // Entries spread over the masters; each ticker's entry and index share a slot.
+    // Series spread over the masters; a series and its lock share a slot
+    // (the ticker is the hash tag), so the lock and write scripts run.
     let mut per_node = Vec::new();
     for n in &cluster.nodes {
         let mut c = n.conn();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut c).unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:synthetic:*"))
+            .query(&mut c)
+            .unwrap();
         per_node.push(keys);
     }
     assert!(per_node.iter().filter(|k| !k.is_empty()).count() >= 2, "{per_node:?}");
-    for keys in &per_node {
-        for k in keys
-            .iter()
-            .filter(|k| k.contains("{synthetic:") && !k.contains(":index:"))
-        {
-            let tag = &k[k.find('{').unwrap()..=k.find('}').unwrap()];
-            assert!(
-                keys.iter().any(|i| i.contains(":index:") && i.ends_with(tag)),
-                "index of {k} is on the same node"
-            );
-        }
+    assert_eq!(per_node.iter().map(Vec::len).sum::<usize>(), 6, "{per_node:?}");
+    let slot = |key: &str| -> i64 {
+        let mut c = cluster.nodes[0].conn();
+        redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut c).unwrap()
+    };
+    for t in ["AAPL", "MSFT"] {
+        assert_eq!(
+            slot(&format!("{prefix}:synthetic:1:{{{t}}}")),
+            slot(&format!("{prefix}:lock:synthetic:1:{{{t}}}"))
+        );
     }
+    // An overlapping range asks only the missing days, on the cluster too.
+    let r = d.get("/v1/data/synthetic/AAPL?start=2024-01-15&end=2024-02-15").await;
+    assert_eq!(r.headers()["x-cache"], "PARTIAL");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["cache"]["fetched_days"], 15);
+    let r = d
+        .get("/v1/data/synthetic/AAPL?start=2024-01-20&end=2024-02-10&refresh=true")
+        .await;
+    assert_eq!(r.headers()["x-cache"], "BYPASS");
     let r = d.http.delete(d.url("/v1/cache?ticker=MSFT")).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["deleted"], 1);
     assert_eq!(d.get(&paths[1]).await.headers()["x-cache"], "MISS");

@@ -54,19 +54,32 @@ async fn miss_then_hit_from_redis_with_ttl_set_and_metrics_moving() {
         assert!(b["volume"].as_u64().unwrap() > 0);
     }
 
-    // The entry is in Redis under the documented key layout (README, "Cache behaviour"), with the plugin's TTL.
+    // The series is one hash in Redis (docs/ARCHITECTURE.md): a field per
+    // date with a bar, the coverage and the meta; it lives for settled_ttl
+    // (30 days) plus stale_if_error (1 day).
     let prefix = prefix_of(&redis);
-    let key = format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31");
+    let key = format!("{prefix}:synthetic:1:{{AAPL}}");
     let mut c = redis.conn();
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
-    assert!(ttl > 86_000 && ttl <= 86_400, "TTL of {key} is {ttl}");
-    // The plugin's namespace holds the entry only (stale copy, lock and
-    // index live under their own prefixes).
-    assert_eq!(redis_keys(&redis, &format!("{prefix}:synthetic:*")), vec![key.clone()]);
+    assert!(ttl > 31 * 86_400 - 100 && ttl <= 31 * 86_400, "TTL of {key} is {ttl}");
+    let kind: String = redis::cmd("TYPE").arg(&key).query(&mut c).unwrap();
+    assert_eq!(kind, "hash");
+    let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut c).unwrap();
     assert_eq!(
-        redis_keys(&redis, &format!("{prefix}:stale:*")),
-        vec![format!("{prefix}:stale:synthetic:1:AAPL:2024-01-01:2024-01-31")]
+        fields.len(),
+        23 + 2,
+        "one field per bar, plus coverage and meta: {fields:?}"
     );
+    let bar: String = redis::cmd("HGET").arg(&key).arg("2024-01-01").query(&mut c).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&bar).unwrap(),
+        bars[0],
+        "the bar is stored once, as served"
+    );
+    // The plugin's namespace holds the series only (no second stale copy;
+    // lock and index live under their own prefixes).
+    assert_eq!(redis_keys(&redis, &format!("{prefix}:synthetic:*")), vec![key.clone()]);
+    assert!(redis_keys(&redis, &format!("{prefix}:stale:*")).is_empty());
 
     let before = d.metrics().await;
     let (s, x, body2) = data(&d, JAN).await;
@@ -74,7 +87,9 @@ async fn miss_then_hit_from_redis_with_ttl_set_and_metrics_moving() {
     assert_eq!(body2["cache"]["status"], "hit");
     assert_eq!(body2["cache"]["layer"], "redis");
     assert_eq!(body2["bars"], body["bars"], "a hit serves the same bars");
-    assert!(body2["cache"]["ttl_s"].as_u64().unwrap() <= 86_400);
+    assert!(body2["cache"]["ttl_s"].as_u64().unwrap() <= 30 * 86_400);
+    assert_eq!(body2["cache"]["fetched_days"], 0);
+    assert_eq!(body["cache"]["fetched_days"], 31);
     let after = d.metrics().await;
     let hits = |t: &str| {
         expect_metric(
@@ -239,14 +254,18 @@ async fn invalidate_by_plugin_ticker_and_exact_range() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
-    // Exact range: only that entry.
+    // Exact range: only those dates of that series (counted per series).
     let (s, b) = del("ticker=aapl&start=2024-02-01&end=2024-02-29").await;
     assert_eq!((s, b["deleted"].as_u64()), (200, Some(1)), "{b}");
     assert_eq!(data(&d, paths[1]).await.1, "MISS");
     assert_eq!(data(&d, paths[0]).await.1, "HIT");
-    // Ticker: both AAPL entries, nothing else.
+    // Only part of a range: the rest stays cached, the removed days are asked again.
+    let (s, b) = del("ticker=aapl&start=2024-01-20&end=2024-01-31").await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!(data(&d, paths[0]).await.1, "PARTIAL");
+    // Ticker: the AAPL series, nothing else.
     let (s, b) = del("plugin=synthetic&ticker=AAPL").await;
-    assert_eq!((s, b["deleted"].as_u64()), (200, Some(2)), "{b}");
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(1)), "{b}");
     assert_eq!(data(&d, paths[2]).await.1, "HIT");
     assert_eq!(data(&d, paths[0]).await.1, "MISS");
     // Plugin: everything of the plugin (AAPL x1 re-cached, MSFT, IBM).
@@ -309,23 +328,52 @@ async fn a_corrupt_value_is_a_miss_counted_as_an_error_then_overwritten() {
     let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
     assert_eq!(data(&d, JAN).await.1, "MISS");
     let prefix = prefix_of(&redis);
-    let key = format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31");
+    let key = format!("{prefix}:synthetic:1:{{AAPL}}");
     let mut c = redis.conn();
-    let _: () = redis::cmd("SET")
+    // One damaged bar: that date is fetched again, the rest is served.
+    let _: () = redis::cmd("HSET")
         .arg(&key)
+        .arg("2024-01-10")
         .arg("{\"not\": \"ours\"")
-        .arg("EX")
-        .arg(600)
         .query(&mut c)
         .unwrap();
     let (s, x, body) = data(&d, JAN).await;
-    assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
+    assert_eq!((s, x.as_str()), (200, "PARTIAL"), "{body}");
+    assert_eq!(body["cache"]["fetched_days"], 1, "{body}");
     assert_eq!(
         metric(&d.metrics().await, "cache_errors_total", &[("plugin", "synthetic")]),
         Some(1.0)
     );
-    let stored: String = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
-    assert!(stored.contains("\"bars\""), "overwritten with a good entry: {stored}");
+    let bar: String = redis::cmd("HGET").arg(&key).arg("2024-01-10").query(&mut c).unwrap();
+    assert!(
+        bar.starts_with("{\"date\":\"2024-01-10\""),
+        "overwritten with a good bar: {bar}"
+    );
+    assert_eq!(data(&d, JAN).await.1, "HIT");
+
+    // A key of the wrong type where the series belongs: a miss, counted,
+    // never a 5xx, replaced by the next write.
+    let _: () = redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+    let _: () = redis::cmd("SADD").arg(&key).arg("garbage").query(&mut c).unwrap();
+    let (s, x, body) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
+    assert_eq!(
+        metric(&d.metrics().await, "cache_errors_total", &[("plugin", "synthetic")]),
+        2.0
+    );
+    let kind: String = redis::cmd("TYPE").arg(&key).query(&mut c).unwrap();
+    assert_eq!(kind, "hash");
+    assert_eq!(data(&d, JAN).await.1, "HIT");
+
+    // Garbage coverage: dropped and rebuilt by the next write.
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("c")
+        .arg("1:2:zz")
+        .query(&mut c)
+        .unwrap();
+    let (s, x, _) = data(&d, JAN).await;
+    assert_eq!((s, x.as_str()), (200, "MISS"));
     assert_eq!(data(&d, JAN).await.1, "HIT");
 }
 
@@ -409,8 +457,7 @@ async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
         },
     )
     .await;
-    // The lock-release script's own GET counts in `cmdstat_get` too.
-    let gets_before = redis_calls(&redis, "get") - redis_calls(&redis, "eval");
+    let reads_before = redis_calls(&redis, "hmget");
     let followers: Vec<_> = (0..20)
         .map(|_| {
             let (http, url) = (d.http.clone(), d.url(path));
@@ -428,8 +475,8 @@ async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
     }
     assert_eq!(first.await.unwrap().unwrap(), 200);
     assert_eq!(
-        redis_calls(&redis, "get") - redis_calls(&redis, "eval"),
-        gets_before,
+        redis_calls(&redis, "hmget"),
+        reads_before,
         "followers of a running miss read redis"
     );
     let m = d.metrics().await;
@@ -570,18 +617,31 @@ async fn config_overrides_the_plugin_ttl() {
     let redis = RedisServer::start();
     let d = DaemonBuilder::new(&redis.url())
         .bundled("synthetic")
-        .config("[plugins.synthetic]\nttl = \"90s\"\n")
+        .config("[plugins.synthetic]\nttl = \"90s\"\nsettled_ttl = \"2h\"\n")
         .start()
         .await;
+    // The live edge (today) is fresh for the plugin's ttl ...
+    let today = chrono::Utc::now().date_naive();
+    let week = format!(
+        "/v1/data/synthetic/AAPL?start={}&end={today}",
+        today - chrono::Days::new(6)
+    );
+    let (s, _, body) = data(&d, &week).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["cache"]["ttl_s"], 90, "{body}");
+    // ... settled history for settled_ttl.
     let (_, _, body) = data(&d, JAN).await;
-    assert_eq!(body["cache"]["ttl_s"], 90);
+    assert_eq!(body["cache"]["ttl_s"], 7200, "{body}");
     let prefix = prefix_of(&redis);
     let mut c = redis.conn();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{prefix}:synthetic:1:AAPL:2024-01-01:2024-01-31"))
+        .arg(format!("{prefix}:synthetic:1:{{AAPL}}"))
         .query(&mut c)
         .unwrap();
-    assert!((80..=90).contains(&ttl), "{ttl}");
+    assert!(
+        (86_400 + 7100..=86_400 + 7200).contains(&ttl),
+        "settled_ttl + stale_if_error: {ttl}"
+    );
 }
 
 #[tokio::test]

@@ -388,6 +388,14 @@ async fn alphavantage_parses_string_numbers_sorts_and_caches() {
     let (s, x, _) = data(&d, path).await;
     assert_eq!((s, x.as_str()), (200, "HIT"));
     assert_eq!(mock.count(AV), 1);
+
+    // The answer declared the whole history it holds (coverage): another
+    // range inside it is a hit without a second call.
+    let (s, x, body) = data(&d, "/v1/data/alphavantage/IBM?start=2023-12-29&end=2024-01-05").await;
+    assert_eq!((s, x.as_str()), (200, "HIT"), "{body}");
+    assert_eq!(dates(&body).first().map(String::as_str), Some("2023-12-29"));
+    assert_eq!(dates(&body).last().map(String::as_str), Some("2024-01-05"));
+    assert_eq!(mock.count(AV), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,57 +1,47 @@
 //! The optional in-process L1 in front of Redis (`cache.l1_ttl > 0`).
 //!
-//! A hot key then costs no Redis round trip. Coherence across daemons:
-//! every invalidation and every `refresh` is published on
-//! `{prefix}:invalidate`, and each daemon evicts matching L1 entries when it
-//! hears one. L1 is only read while this daemon is subscribed; if the
+//! It holds series in the same model as the memory layer (coverage, bars,
+//! meta), filled from Redis reads and this daemon's writes, so a hot series
+//! costs no Redis round trip. Coherence across daemons: every write
+//! publishes a notice naming its series on `{prefix}:invalidate` (inside the
+//! write script), and every invalidation a selector; each daemon drops what
+//! a notice names. L1 is read only while this daemon is subscribed; if the
 //! subscription drops, L1 is emptied and bypassed until it is back, so a
-//! daemon that cannot hear invalidations never serves from L1. Entries also
-//! live at most `l1_ttl`, which bounds staleness in any case.
+//! daemon that cannot hear notices never serves from L1. Entries also live
+//! at most `l1_ttl`, which bounds staleness in any case.
+//!
+//! A read that started before a notice arrived must not put its older view
+//! back: an epoch counter moves on every notice, and a snapshot read under
+//! an older epoch is not inserted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use moka::sync::Cache;
-use serde::{Deserialize, Serialize};
 
-use super::{CacheKey, Envelope, KeySpace, Selector};
+use super::Layer;
+use super::key::{KeySpace, Selector};
+use super::memory::MemoryStore;
+use super::redis_series::Notice;
+use super::series::{Snapshot, Write};
+use super::store::SeriesId;
 use crate::model::{DateRange, PluginName, Ticker};
 
 pub struct L1 {
-    entries: Cache<String, Arc<Envelope>>,
+    series: MemoryStore,
     coherent: AtomicBool,
-    /// Identifies this daemon's own messages on the channel.
+    epoch: AtomicU64,
     origin: String,
 }
 
-/// An invalidation as it travels between daemons.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Invalidation {
-    pub origin: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub plugin: Option<String>,
-    #[serde(default)]
-    pub ticker: Option<String>,
-    #[serde(default)]
-    pub start: Option<String>,
-    #[serde(default)]
-    pub end: Option<String>,
-}
-
 impl L1 {
-    pub fn new(ttl: Duration, max_entries: u64) -> Self {
+    pub fn new(ttl: Duration, max_entries: u64, max_bytes: u64, origin: String) -> Self {
         Self {
-            entries: Cache::builder()
-                .max_capacity(max_entries.max(1))
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .support_invalidation_closures()
-                .build(),
+            series: MemoryStore::new(max_entries, max_bytes, Layer::L1, Some(ttl)),
             coherent: AtomicBool::new(false),
-            origin: format!("{:016x}", rand::random::<u64>()),
+            epoch: AtomicU64::new(0),
+            origin,
         }
     }
 
@@ -59,86 +49,82 @@ impl L1 {
         self.coherent.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Envelope>> {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The L1's view of `range`, while coherent.
+    pub fn get(&self, id: &SeriesId, range: DateRange) -> Option<Snapshot> {
         if !self.is_active() {
             return None;
         }
-        self.entries.get(key.as_str())
+        let s = self.series.get(id)?;
+        Some(s.clip(range))
     }
 
-    pub fn insert(&self, key: &CacheKey, env: &Arc<Envelope>) {
+    /// Keeps what a Redis read of `window` saw, unless a notice arrived
+    /// since `epoch` was taken.
+    pub fn remember(&self, id: &SeriesId, window: DateRange, snap: &Snapshot, epoch: u64) {
+        if self.is_active() && self.epoch() == epoch {
+            self.series.merge(id, window, snap, Duration::from_secs(86400 * 365));
+        }
+    }
+
+    pub fn apply(&self, id: &SeriesId, w: &Write) {
         if self.is_active() {
-            self.entries.insert(key.as_str().to_owned(), Arc::clone(env));
+            self.series.apply(id, w, Duration::from_secs(86400 * 365));
         }
     }
 
-    pub fn remove(&self, key: &str) {
-        self.entries.invalidate(key);
+    pub fn forget(&self, id: &SeriesId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.series.remove(id, None);
     }
 
-    pub fn remove_matching(&self, space: &KeySpace, sel: &Selector) {
-        let (space, sel) = (space.clone(), sel.clone());
-        if self
-            .entries
-            .invalidate_entries_if(move |k, _| CacheKey::from(k.clone()).matches(&space, &sel))
-            .is_err()
-        {
-            self.entries.invalidate_all();
-        }
+    pub fn forget_matching(&self, sel: &Selector) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let sel = sel.clone();
+        self.series.remove_matching(move |k| sel.matches_local(k));
     }
 
     fn set_active(&self, on: bool) {
         if !on {
-            self.entries.invalidate_all();
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.series.clear();
         }
         self.coherent.store(on, Ordering::Release);
     }
 
-    pub fn message_for_key(&self, key: &CacheKey) -> Invalidation {
-        Invalidation {
+    pub fn notice_for(&self, sel: &Selector) -> Notice {
+        Notice {
             origin: self.origin.clone(),
-            key: Some(key.as_str().to_owned()),
-            plugin: None,
-            ticker: None,
-            start: None,
-            end: None,
-        }
-    }
-
-    pub fn message_for_selector(&self, sel: &Selector) -> Invalidation {
-        Invalidation {
-            origin: self.origin.clone(),
-            key: None,
+            series: None,
             plugin: sel.plugin.as_ref().map(|p| p.to_string()),
             ticker: sel.ticker.as_ref().map(|t| t.to_string()),
-            start: sel.range.map(|r| r.start().to_string()),
-            end: sel.range.map(|r| r.end().to_string()),
         }
     }
 
-    /// Applies a message heard on the channel.
-    pub fn apply(&self, space: &KeySpace, msg: &Invalidation) {
+    /// Applies a notice heard on the channel.
+    pub fn apply_notice(&self, msg: &Notice) {
         if msg.origin == self.origin {
             return;
         }
-        if let Some(k) = &msg.key {
-            self.remove(k);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(k) = &msg.series {
+            let k = k.clone();
+            self.series.remove_matching(move |key| key == k);
             return;
         }
-        let today = chrono::Utc::now().date_naive();
         let sel = Selector {
             plugin: msg.plugin.as_deref().and_then(|p| PluginName::parse(p).ok()),
             ticker: msg.ticker.as_deref().and_then(|t| Ticker::parse(t).ok()),
-            range: match (&msg.start, &msg.end) {
-                (Some(s), Some(e)) => DateRange::from_request(Some(s), Some(e), today).ok(),
-                _ => None,
-            },
+            range: None,
         };
         if sel.plugin.is_none() && sel.ticker.is_none() {
             // Unreadable selector: be safe.
-            self.entries.invalidate_all();
+            self.series.clear();
         } else {
-            self.remove_matching(space, &sel);
+            self.forget_matching(&sel);
         }
     }
 
@@ -161,9 +147,9 @@ impl L1 {
                         tracing::info!(channel = %channel, "L1 cache active: subscribed to invalidations");
                         let mut stream = ps.into_on_message();
                         while let Some(msg) = stream.next().await {
-                            match serde_json::from_slice::<Invalidation>(msg.get_payload_bytes()) {
-                                Ok(inv) => this.apply(&space, &inv),
-                                Err(_) => this.entries.invalidate_all(),
+                            match serde_json::from_slice::<Notice>(msg.get_payload_bytes()) {
+                                Ok(n) => this.apply_notice(&n),
+                                Err(_) => this.series.clear(),
                             }
                         }
                         this.set_active(false);

@@ -1,29 +1,44 @@
-//! The two cache layers behind one interface: Redis first, the bounded
-//! in-process memory layer whenever Redis cannot be asked.
+//! Where series live (README, "Cache behaviour"): Redis first, the bounded in-process memory
+//! layer whenever Redis cannot be asked, the optional L1 in front.
+//!
+//! [`Cache`] puts the layers together behind the [`Store`] interface the
+//! pipeline uses: reads fall back to memory when Redis fails, every write
+//! is mirrored into memory, a failed Redis write is logged (rate-limited),
+//! counted by reason, shown as "writes failing", and its lock released.
 
-mod entry;
-mod fleet_lock;
 mod key;
 mod l1;
 mod memory;
+mod redis_series;
 mod redis_store;
+pub mod series;
+mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 
-pub use entry::{DataBody, DataDoc, DecodeError, Envelope, Payload, now_ms};
-pub use fleet_lock::{LockGuard, Waited};
-pub use key::{CacheKey, KeySpace, Selector};
-pub use l1::{Invalidation, L1};
-pub use memory::MemoryLayer;
+pub use key::{KeySpace, Selector, parse_index_member};
+pub use l1::L1;
+pub use memory::MemoryStore;
+pub use redis_series::{Notice, RedisSeries};
 pub use redis_store::{Conn, RedisStore, StoreError, own_connections};
+pub use store::{FailureMarker, LockAnswer, LockGuard, Read, SeriesId, Store, StoreFuture, Written};
 
 use crate::config::{CacheConfig, RedisConfig};
-use crate::metrics::{Metrics, PluginMetrics};
-use crate::model::DateRange;
+use crate::metrics::Metrics;
+use crate::model::{DateRange, PluginName, Ticker};
+use series::{Snapshot, Write};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layer {
@@ -43,43 +58,73 @@ impl Layer {
     }
 }
 
-/// An entry found in a layer; fresh or stale is for the caller to decide.
-#[derive(Clone)]
-pub struct Found {
-    pub env: Arc<Envelope>,
-    pub layer: Layer,
+/// How long a failed write keeps "writes failing" up without another failure.
+const WRITES_FAILING_FOR_MS: u64 = 60_000;
+/// At most one log line per reason in this interval.
+const WRITE_LOG_EVERY_MS: u64 = 30_000;
+
+/// Why a Redis write failed, as the `reason` label says it.
+fn write_failure_reason(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Skipped => "redis_down",
+        StoreError::Timeout { .. } => "timeout",
+        StoreError::Redis { message, .. } if message.contains("OOM") => "oom",
+        StoreError::Redis { message, .. } if message.contains("NOPERM") || message.contains("NOAUTH") => "denied",
+        StoreError::Redis { .. } => "error",
+    }
+}
+
+/// What an invalidation did: how many series it removed or trimmed, and
+/// what it could not reach (it still removed everything else).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Invalidated {
+    pub deleted: u64,
+    pub problems: Vec<String>,
 }
 
 pub struct Cache {
     space: KeySpace,
     redis: Arc<RedisStore>,
-    memory: MemoryLayer,
+    series: RedisSeries,
+    memory: MemoryStore,
     l1: Option<Arc<L1>>,
     settings: ArcSwap<CacheConfig>,
+    metrics: Arc<Metrics>,
+    last_write_failure_ms: AtomicU64,
+    last_write_ok_ms: AtomicU64,
+    last_write_log_ms: AtomicU64,
+    suppressed_write_logs: AtomicU64,
 }
-
-/// `SET key value PX ms`, its buffer sized for the value up front: growing
-/// it while a document of a few KB is appended copied it several times
-/// (visible in the plugin-overhead profile).
-fn set_px(key: &str, value: &[u8], ms: u64) -> redis::Cmd {
-    let mut cmd = redis::Cmd::with_capacity(5, key.len() + value.len() + 32);
-    cmd.arg("SET").arg(key).arg(value).arg("PX").arg(ms);
-    cmd
-}
-
-/// How long index sets outlive their newest entry, so an index never
-/// disappears while it still names live keys.
-const INDEX_SLACK: Duration = Duration::from_secs(86400);
 
 impl Cache {
     pub fn new(redis_cfg: RedisConfig, cache_cfg: CacheConfig, metrics: Arc<Metrics>) -> Self {
-        let space = KeySpace::new(&redis_cfg.key_prefix, redis_cfg.cluster);
+        let space = KeySpace::new(&redis_cfg.key_prefix);
+        let origin = format!("{:016x}", rand::random::<u64>());
+        let redis = RedisStore::new(redis_cfg, Arc::clone(&metrics));
         Self {
+            series: RedisSeries::new(Arc::clone(&redis), space.clone(), origin.clone()),
             space,
-            memory: MemoryLayer::new(cache_cfg.memory_max_entries),
-            l1: (!cache_cfg.l1_ttl.is_zero()).then(|| Arc::new(L1::new(cache_cfg.l1_ttl, cache_cfg.l1_max_entries))),
-            redis: RedisStore::new(redis_cfg, metrics),
+            memory: MemoryStore::new(
+                cache_cfg.memory_max_entries,
+                cache_cfg.memory_max_bytes,
+                Layer::Memory,
+                None,
+            ),
+            l1: (!cache_cfg.l1_ttl.is_zero()).then(|| {
+                Arc::new(L1::new(
+                    cache_cfg.l1_ttl,
+                    cache_cfg.l1_max_entries,
+                    cache_cfg.memory_max_bytes,
+                    origin,
+                ))
+            }),
+            redis,
             settings: ArcSwap::from_pointee(cache_cfg),
+            metrics,
+            last_write_failure_ms: AtomicU64::new(0),
+            last_write_ok_ms: AtomicU64::new(0),
+            last_write_log_ms: AtomicU64::new(0),
+            suppressed_write_logs: AtomicU64::new(0),
         }
     }
 
@@ -95,7 +140,7 @@ impl Cache {
         self.settings.load_full()
     }
 
-    /// Applies a reloaded `[cache]` section (the memory bound stays until restart).
+    /// Applies a reloaded `[cache]` section (the memory bounds stay until restart).
     pub fn set_settings(&self, cfg: CacheConfig) {
         self.settings.store(Arc::new(cfg));
     }
@@ -104,24 +149,15 @@ impl Cache {
         self.memory.entry_count()
     }
 
-    /// Reads the entry for `key`: Redis when it answers, else the memory layer.
-    /// A value that does not decode counts as a cache error and reads as absent,
-    /// so the caller fetches and overwrites it.
-    pub async fn read(&self, key: &CacheKey, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
-        if let Some(l1) = &self.l1
-            && let Some(env) = l1.get(key)
-            && env.is_fresh(now_ms())
-        {
-            return Some(Found { env, layer: Layer::L1 });
-        }
-        let found = self.read_at(key.as_str(), range, pm).await;
-        if let (Some(l1), Some(f)) = (&self.l1, &found)
-            && f.layer == Layer::Redis
-            && f.env.is_fresh(now_ms())
-        {
-            l1.insert(key, &f.env);
-        }
-        found
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.weighted_size()
+    }
+
+    /// Whether Redis writes have been failing lately (readyz, stats).
+    pub fn writes_failing(&self) -> bool {
+        let failed = self.last_write_failure_ms.load(Ordering::Acquire);
+        failed > self.last_write_ok_ms.load(Ordering::Acquire)
+            && now_ms().saturating_sub(failed) < WRITES_FAILING_FOR_MS
     }
 
     /// `off` (not configured), `active`, or `bypassed` (not subscribed).
@@ -142,268 +178,248 @@ impl Cache {
         }
     }
 
-    /// Tells every daemon's L1 that `key` was rewritten (a `refresh`).
-    pub async fn announce_rewrite(&self, key: &CacheKey) {
-        if let Some(l1) = &self.l1 {
-            self.publish(l1.message_for_key(key)).await;
+    fn write_failed(&self, id: &SeriesId, e: &StoreError) {
+        let reason = write_failure_reason(e);
+        self.metrics.cache_write_error(id.plugin.as_str(), reason);
+        if matches!(e, StoreError::Skipped) {
+            return;
+        }
+        let now = now_ms();
+        self.last_write_failure_ms.store(now, Ordering::Release);
+        let last = self.last_write_log_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= WRITE_LOG_EVERY_MS
+            && self
+                .last_write_log_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let suppressed = self.suppressed_write_logs.swap(0, Ordering::AcqRel);
+            let hint = match reason {
+                "oom" => "redis is at maxmemory: raise maxmemory or set an eviction policy (allkeys-lru)",
+                "timeout" => "redis is slow to answer: check its latency and [redis] op_timeout",
+                "denied" => "the redis user may not run this: check the ACL rule in the README",
+                _ => "check the redis log",
+            };
+            tracing::warn!(
+                plugin = %id.plugin, ticker = %id.ticker, reason, error = %e, similar_since_last_line = suppressed,
+                "redis write failed; the answer was served and kept in the memory layer only. {hint}"
+            );
+        } else {
+            self.suppressed_write_logs.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    async fn publish(&self, msg: Invalidation) {
-        let Ok(bytes) = serde_json::to_vec(&msg) else { return };
-        let channel = self.space.invalidation_channel();
-        let _ = self
-            .redis
-            .call("PUBLISH", move |mut c| {
-                async move {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(bytes)
-                        .query_async::<i64>(&mut c)
-                        .await
-                }
-                .boxed()
-            })
-            .await;
-    }
-
-    /// Reads the stale-if-error copy of `key`.
-    pub async fn read_stale(&self, key: &CacheKey, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
-        if let Some(f) = self.read_at(&self.space.stale(key.as_str()), range, pm).await {
-            return Some(f);
-        }
-        // The memory layer keeps entries for TTL + stale window under the main key.
-        self.memory.get(key.as_str()).map(|env| Found {
-            env,
-            layer: Layer::Memory,
-        })
-    }
-
-    async fn read_at(&self, key: &str, range: &DateRange, pm: &PluginMetrics) -> Option<Found> {
-        let k = key.to_owned();
-        let got = self
-            .redis
-            .call("GET", move |mut c| {
-                async move { redis::cmd("GET").arg(&k).query_async::<Option<Vec<u8>>>(&mut c).await }.boxed()
-            })
-            .await;
-        match got {
-            Ok(Some(bytes)) => match Envelope::decode(&bytes, range) {
-                Ok(env) => Some(Found {
-                    env: Arc::new(env),
-                    layer: Layer::Redis,
-                }),
-                Err(e) => {
-                    pm.errors.inc();
-                    tracing::warn!(key, error = %e, "corrupt cache value in redis; treating it as a miss and overwriting it");
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                if !matches!(e, StoreError::Skipped) {
-                    pm.errors.inc();
-                }
-                self.memory.get(key).map(|env| Found {
-                    env,
-                    layer: Layer::Memory,
-                })
-            }
-        }
-    }
-
-    /// Stores an entry in both layers. Returns the layer that will serve it.
-    pub async fn write(
-        &self,
-        key: &CacheKey,
-        plugin: &str,
-        ticker: &str,
-        env: Arc<Envelope>,
-        pm: &PluginMetrics,
-        release: Option<&LockGuard>,
-    ) -> Layer {
-        let stale = self.settings.load().stale_if_error;
-        self.memory.insert(key.as_str(), Arc::clone(&env), stale);
-        let ttl = Duration::from_millis(env.ttl_ms.max(1));
-        let keep_stale = env.is_data() && !stale.is_zero();
-        let bytes = env.encode();
-        let mut pipe = redis::Pipeline::with_capacity(10);
-        pipe.add_command(set_px(key.as_str(), &bytes, ttl.as_millis() as u64))
-            .ignore();
-        if keep_stale {
-            let stale_key = self.space.stale(key.as_str());
-            pipe.add_command(set_px(&stale_key, &bytes, (ttl + stale).as_millis() as u64))
-                .ignore();
-        }
-        let index = self.space.ticker_index(plugin, ticker);
-        let index_life = (ttl + stale + INDEX_SLACK).as_millis() as u64;
-        pipe.cmd("SADD").arg(&index).arg(key.as_str()).ignore();
-        pipe.cmd("PEXPIRE").arg(&index).arg(index_life).arg("GT").ignore();
-        // PEXPIRE GT does nothing on a key without expiry: set one if missing.
-        pipe.cmd("PEXPIRE").arg(&index).arg(index_life).arg("NX").ignore();
-        if !self.space_is_cluster() {
-            pipe.cmd("SADD")
-                .arg(self.space.plugin_index(plugin))
-                .arg(ticker)
-                .ignore();
-            pipe.cmd("SADD").arg(self.space.plugins_index()).arg(plugin).ignore();
-        }
-        if let Some(g) = release {
-            Cache::release_in(&mut pipe, g);
-        }
-        let res = self
-            .redis
-            .call("SET", move |mut c| {
-                async move { pipe.query_async::<()>(&mut c).await }.boxed()
-            })
-            .await;
-        if self.space_is_cluster() && res.is_ok() {
-            // Index sets of other slots: separate calls (a cluster pipeline
-            // must not mix slots).
-            for (set, member) in [
-                (self.space.plugin_index(plugin), ticker.to_owned()),
-                (self.space.plugins_index(), plugin.to_owned()),
-            ] {
-                let _ = self
-                    .redis
-                    .call("SADD", move |mut c| {
-                        async move { redis::cmd("SADD").arg(set).arg(member).query_async::<()>(&mut c).await }.boxed()
-                    })
-                    .await;
-            }
-        }
-        match res {
-            Ok(()) => {
-                if let Some(l1) = &self.l1 {
-                    l1.insert(key, &env);
-                }
-                Layer::Redis
-            }
-            Err(e) => {
-                if !matches!(e, StoreError::Skipped) {
-                    pm.errors.inc();
-                }
-                Layer::Memory
-            }
-        }
-    }
-
-    /// Mirrors an entry another daemon stored into the memory layer, so this
-    /// daemon can serve it during a later Redis outage.
-    pub fn remember_locally(&self, key: &CacheKey, env: &Arc<Envelope>) {
-        let stale = self.settings.load().stale_if_error;
-        self.memory.insert(key.as_str(), Arc::clone(env), stale);
-    }
-
-    fn space_is_cluster(&self) -> bool {
-        self.redis.config().cluster
-    }
-
-    /// Deletes entries matching `sel` from both layers without `KEYS`: the
-    /// per-ticker index sets name every entry key. `known_plugins` widens a
-    /// ticker-only selection to plugins the index may not list yet.
-    /// Returns how many entries were deleted.
-    pub async fn invalidate(&self, sel: &Selector, known_plugins: &[String]) -> Result<u64, StoreError> {
-        let space = self.space.clone();
+    /// Deletes series matching `sel` from every layer without `KEYS`: the
+    /// plugin index sets name every series, and `known` (plugin name,
+    /// current version) widens the search to plugins loaded now, so an index
+    /// that is missing or holds garbage does not hide their series.
+    pub async fn invalidate_selected(&self, sel: &Selector, known: &[(String, u32)]) -> Invalidated {
+        let mut out = Invalidated::default();
         let s = sel.clone();
-        self.memory
-            .remove_matching(move |k| CacheKey::from(k.to_owned()).matches(&space, &s));
+        self.memory.remove_matching(move |k| s.matches_local(k));
         if let Some(l1) = &self.l1 {
-            l1.remove_matching(&self.space, sel);
-            self.publish(l1.message_for_selector(sel)).await;
+            l1.forget_matching(sel);
+            if let Err(e) = self.series.publish(&l1.notice_for(sel)).await {
+                out.problems.push(format!("other daemons' L1 could not be told: {e}"));
+            }
         }
-
-        let plugins: Vec<String> = match &sel.plugin {
+        let mut plugins: Vec<String> = match &sel.plugin {
             Some(p) => vec![p.to_string()],
             None => {
-                let set = self.space.plugins_index();
-                let mut names: Vec<String> = self
-                    .redis
-                    .call("SMEMBERS", move |mut c| {
-                        async move { redis::cmd("SMEMBERS").arg(set).query_async::<Vec<String>>(&mut c).await }.boxed()
-                    })
-                    .await?;
-                names.extend(known_plugins.iter().cloned());
-                names.sort();
-                names.dedup();
+                let mut names = match self.series.indexed_plugins().await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.index_problem(&mut out, self.space.plugins_index(), e).await;
+                        Vec::new()
+                    }
+                };
+                names.extend(known.iter().map(|(n, _)| n.clone()));
                 names
             }
         };
-        let mut deleted = 0u64;
+        plugins.sort();
+        plugins.dedup();
         for plugin in plugins {
-            let tickers: Vec<String> = match &sel.ticker {
-                Some(t) => vec![t.to_string()],
-                None => {
-                    let set = self.space.plugin_index(&plugin);
-                    self.redis
-                        .call("SMEMBERS", move |mut c| {
-                            async move { redis::cmd("SMEMBERS").arg(set).query_async::<Vec<String>>(&mut c).await }
-                                .boxed()
-                        })
-                        .await?
+            let Ok(pname) = PluginName::parse(&plugin) else {
+                continue;
+            };
+            let members = match self.series.indexed(&plugin).await {
+                // A whole plugin (or every ticker of it) also looks by SCAN
+                // (never KEYS), so series a damaged index lost are found.
+                Ok(mut members) if sel.ticker.is_none() => {
+                    match self.series.scan_series(&plugin).await {
+                        Ok(found) => members.extend(found),
+                        Err(e) => out.problems.push(format!("scanning for {plugin}'s series: {e}")),
+                    }
+                    members
+                }
+                Ok(members) => members,
+                Err(e) => {
+                    self.index_problem(&mut out, self.space.plugin_index(&plugin), e).await;
+                    // The index cannot say: look the series up by SCAN.
+                    match self.series.scan_series(&plugin).await {
+                        Ok(found) => {
+                            if sel.ticker.is_some() || sel.range.is_some() {
+                                // Series stay: list them again (repair).
+                                if let Err(e) = self.series.reindex(&plugin, &found).await {
+                                    out.problems.push(format!("re-indexing {plugin}: {e}"));
+                                }
+                            }
+                            found
+                        }
+                        Err(e) => {
+                            out.problems.push(format!("scanning for {plugin}'s series: {e}"));
+                            Vec::new()
+                        }
+                    }
                 }
             };
-            for ticker in tickers {
-                deleted += self.invalidate_ticker(&plugin, &ticker, sel.range.as_ref()).await?;
+            let mut ids: Vec<(u32, Ticker)> = members.iter().filter_map(|m| parse_index_member(m)).collect();
+            if let (Some(t), Some((_, v))) = (&sel.ticker, known.iter().find(|(n, _)| *n == plugin)) {
+                ids.push((*v, t.clone()));
             }
-            if sel.ticker.is_none() && sel.range.is_none() {
-                let set = self.space.plugin_index(&plugin);
-                self.redis
-                    .call("DEL", move |mut c| {
-                        async move { redis::cmd("DEL").arg(set).query_async::<()>(&mut c).await }.boxed()
-                    })
-                    .await?;
+            ids.retain(|(_, t)| sel.ticker.as_ref().is_none_or(|x| x == t));
+            ids.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+            ids.dedup();
+            for (version, ticker) in ids {
+                let id = SeriesId {
+                    plugin: pname.clone(),
+                    version,
+                    ticker,
+                };
+                match self.series.invalidate(&id, sel.range).await {
+                    Ok(n) => out.deleted += n,
+                    Err(e) => out.problems.push(format!("{}: {e}", self.space.series(&id))),
+                }
+            }
+            if sel.ticker.is_none()
+                && sel.range.is_none()
+                && let Err(e) = self.series.drop_key(self.space.plugin_index(&plugin)).await
+            {
+                out.problems.push(format!("{}: {e}", self.space.plugin_index(&plugin)));
             }
         }
-        tracing::debug!(deleted, "invalidated");
-        Ok(deleted)
+        tracing::debug!(deleted = out.deleted, problems = out.problems.len(), "invalidated");
+        out
     }
 
-    async fn invalidate_ticker(
-        &self,
-        plugin: &str,
-        ticker: &str,
-        range: Option<&DateRange>,
-    ) -> Result<u64, StoreError> {
-        let index = self.space.ticker_index(plugin, ticker);
-        let idx = index.clone();
-        let members: Vec<String> = self
-            .redis
-            .call("SMEMBERS", move |mut c| {
-                async move { redis::cmd("SMEMBERS").arg(idx).query_async::<Vec<String>>(&mut c).await }.boxed()
-            })
-            .await?;
-        let targets: Vec<String> = members
-            .into_iter()
-            .filter(|k| range.is_none_or(|r| CacheKey::has_range(k, r)))
-            .collect();
-        if targets.is_empty() {
-            return Ok(0);
+    /// An index set that could not be read: a key of the wrong type is
+    /// removed (it only ever holds what tickerd rebuilds), anything else is
+    /// reported.
+    async fn index_problem(&self, out: &mut Invalidated, key: String, e: StoreError) {
+        let wrong_type = matches!(&e, StoreError::Redis { message, .. } if message.contains("WRONGTYPE"));
+        if wrong_type {
+            tracing::warn!(
+                key,
+                "an index key holds the wrong type; removing it (tickerd rebuilds it on the next new series)"
+            );
+            self.metrics.plugin("(index)").errors.inc();
+            match self.series.drop_key(key.clone()).await {
+                Ok(()) => out.problems.push(format!(
+                    "{key} held the wrong type and was removed (tickerd rebuilds it)"
+                )),
+                Err(e2) => out.problems.push(format!("{key}: {e2}")),
+            }
+        } else {
+            out.problems.push(format!("{key}: {e}"));
         }
-        let whole = range.is_none();
-        let space = self.space.clone();
-        let t = targets.clone();
-        let deleted: u64 = self
-            .redis
-            .call("DEL", move |mut c| {
-                async move {
-                    // Entries and their stale copies share the hash tag in
-                    // cluster mode, so one DEL per key set stays in one slot.
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("DEL").arg(&t);
-                    let stale: Vec<String> = t.iter().map(|k| space.stale(k)).collect();
-                    pipe.cmd("DEL").arg(&stale).ignore();
-                    if whole {
-                        pipe.cmd("DEL").arg(&index).ignore();
-                    } else {
-                        pipe.cmd("SREM").arg(&index).arg(&t).ignore();
+    }
+
+    /// The L1's view, when configured and coherent.
+    pub fn l1_read(&self, id: &SeriesId, range: DateRange) -> Option<Snapshot> {
+        self.l1.as_ref()?.get(id, range)
+    }
+}
+
+impl Store for Cache {
+    fn read_hot(&self, id: &SeriesId, range: DateRange) -> Option<Read> {
+        self.l1_read(id, range).map(|snapshot| Read {
+            snapshot,
+            layer: Layer::L1,
+            corrupt: 0,
+        })
+    }
+
+    fn read<'a>(&'a self, id: &'a SeriesId, range: DateRange) -> StoreFuture<'a, Read> {
+        async move {
+            let epoch = self.l1.as_ref().map(|l| l.epoch());
+            match self.series.read(id, range).await {
+                Ok(read) => {
+                    if let (Some(l1), Some(epoch)) = (&self.l1, epoch) {
+                        l1.remember(id, range, &read.snapshot, epoch);
                     }
-                    let (n,): (u64,) = pipe.query_async(&mut c).await?;
-                    Ok(n)
+                    Ok(read)
                 }
-                .boxed()
-            })
-            .await?;
-        Ok(deleted)
+                Err(e) => {
+                    if !matches!(e, StoreError::Skipped) {
+                        self.metrics.plugin(id.plugin.as_str()).errors.inc();
+                    }
+                    Ok(Read {
+                        snapshot: self.memory.read_now(id, range),
+                        layer: Layer::Memory,
+                        corrupt: 0,
+                    })
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn lock<'a>(&'a self, id: &'a SeriesId, ttl: Duration) -> StoreFuture<'a, LockAnswer> {
+        self.series.lock(id, ttl)
+    }
+
+    fn write<'a>(
+        &'a self,
+        id: &'a SeriesId,
+        w: &'a Write,
+        keep: Duration,
+        lock: Option<&'a LockGuard>,
+    ) -> StoreFuture<'a, Written> {
+        async move {
+            self.memory.apply(id, w, keep);
+            match self.series.write(id, w, keep, lock).await {
+                Ok(written) => {
+                    self.last_write_ok_ms.store(now_ms(), Ordering::Release);
+                    if let Some(l1) = &self.l1 {
+                        l1.apply(id, w);
+                    }
+                    Ok(written)
+                }
+                Err(e) => {
+                    self.write_failed(id, &e);
+                    if let Some(g) = lock
+                        && let Err(e) = self.series.unlock(id, g, None).await
+                    {
+                        tracing::debug!(error = %e, "could not release the fleet lock after a failed write; it expires by itself");
+                    }
+                    if let Some(l1) = &self.l1 {
+                        l1.forget(id);
+                    }
+                    Ok(Written { layer: Layer::Memory })
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        id: &'a SeriesId,
+        lock: &'a LockGuard,
+        failure: Option<&'a FailureMarker>,
+    ) -> StoreFuture<'a, ()> {
+        self.series.unlock(id, lock, failure)
+    }
+
+    fn invalidate<'a>(&'a self, id: &'a SeriesId, range: Option<DateRange>) -> StoreFuture<'a, u64> {
+        async move {
+            self.memory.remove(id, range);
+            if let Some(l1) = &self.l1 {
+                l1.forget(id);
+            }
+            self.series.invalidate(id, range).await
+        }
+        .boxed()
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -263,6 +264,29 @@ impl RedisStore {
         }
         self.trip(&res);
         Err(res)
+    }
+
+    /// Sends one command (bounded, breaker-aware like every call).
+    pub async fn query<T>(&self, op: &'static str, cmd: Cmd) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.call(op, move |mut c| {
+            async move { cmd.query_async::<T>(&mut c).await }.boxed()
+        })
+        .await
+    }
+
+    /// Runs a script by its SHA (`EVALSHA`; on `NOSCRIPT` it is loaded and
+    /// run again), never sending the body with `EVAL`.
+    pub async fn invoke<T>(&self, op: &'static str, inv: redis::ScriptInvocation<'static>) -> Result<T, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.call(op, move |mut c| {
+            async move { inv.invoke_async::<T>(&mut c).await }.boxed()
+        })
+        .await
     }
 
     /// This thread's own connection, if the thread asked for one

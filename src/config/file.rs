@@ -51,6 +51,8 @@ pub struct CacheSection {
     pub stale_if_error: Option<RawDuration>,
     pub negative_ttl: Option<RawDuration>,
     pub memory_max_entries: Option<u64>,
+    pub memory_max_bytes: Option<String>,
+    pub max_stored_bytes: Option<String>,
     pub l1_ttl: Option<RawDuration>,
     pub l1_max_entries: Option<u64>,
 }
@@ -66,6 +68,8 @@ pub struct PluginSection {
     pub memory_limit: Option<String>,
     pub max_body: Option<String>,
     pub states: Option<u64>,
+    pub settle: Option<RawDuration>,
+    pub settled_ttl: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

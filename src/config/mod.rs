@@ -83,6 +83,10 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
     pub negative_ttl: Duration,
     pub memory_max_entries: u64,
+    /// Byte bound of the memory layer (and of the L1), beside the entry bound.
+    pub memory_max_bytes: u64,
+    /// An answer (bars + meta) larger than this is served but not cached.
+    pub max_stored_bytes: u64,
     /// In-process hot cache in front of Redis; zero turns it off.
     pub l1_ttl: Duration,
     pub l1_max_entries: u64,
@@ -99,6 +103,10 @@ pub struct PluginOverrides {
     pub memory_limit: Option<usize>,
     pub max_body: Option<usize>,
     pub states: Option<usize>,
+    /// Dates older than this (before today) are settled (README, "Cache behaviour").
+    pub settle: Option<Duration>,
+    /// How long settled dates stay fresh.
+    pub settled_ttl: Option<Duration>,
 }
 
 /// `[[watch]]`: the producer keeps these tickers fresh and publishes them.
@@ -408,6 +416,14 @@ fn check_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
         })
 }
 
+/// A byte size from the file, or its default.
+fn size(raw: &Option<String>, key: &str, default: u64) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(r) => parse_bytes(r).map(|n| n as u64).map_err(|m| invalid(key, m)),
+    }
+}
+
 fn resolve_cache(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) -> Result<CacheConfig, ConfigError> {
     let c = &file.cache;
     let default_ttl = match env_get("CACHE_TTL_SECONDS") {
@@ -426,6 +442,8 @@ fn resolve_cache(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) ->
         stale_if_error: dur(&c.stale_if_error, "cache.stale_if_error", Duration::from_secs(86400))?,
         negative_ttl: dur(&c.negative_ttl, "cache.negative_ttl", Duration::from_secs(60))?,
         memory_max_entries,
+        memory_max_bytes: size(&c.memory_max_bytes, "cache.memory_max_bytes", 256 * 1024 * 1024)?,
+        max_stored_bytes: size(&c.max_stored_bytes, "cache.max_stored_bytes", 8 * 1024 * 1024)?,
         // Off unless asked for: with L1 on, a value changed in Redis by hand
         // (not through tickerd) is seen only after l1_ttl.
         l1_ttl: dur(&c.l1_ttl, "cache.l1_ttl", Duration::ZERO)?,
@@ -482,6 +500,19 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
         memory_limit: bytes(&s.memory_limit, "memory_limit")?,
         max_body: bytes(&s.max_body, "max_body")?,
         states: positive(s.states, "states")?,
+        settle: s
+            .settle
+            .as_ref()
+            .map(|r| r.parse().map_err(|m| invalid(key("settle"), m)))
+            .transpose()?,
+        settled_ttl: match s.settled_ttl.as_ref() {
+            None => None,
+            Some(r) => match r.parse() {
+                Ok(d) if d == Duration::ZERO => return Err(invalid(key("settled_ttl"), "must be more than 0")),
+                Ok(d) => Some(d),
+                Err(m) => return Err(invalid(key("settled_ttl"), m)),
+            },
+        },
     })
 }
 

@@ -71,15 +71,25 @@ pub async fn delete_cache(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&d, &headers)?;
     let sel = parse_selector(raw.as_deref())?;
-    match d.pipeline.invalidate(&sel).await {
-        Ok(n) => {
-            tracing::info!(plugin = ?sel.plugin.as_ref().map(|p| p.to_string()), ticker = ?sel.ticker.as_ref().map(|t| t.to_string()), range = ?sel.range.map(|r| r.to_string()), deleted = n, "cache entries invalidated");
-            Ok(Json(json!({"deleted": n})))
-        }
-        Err(e) => Err(ApiError::CacheUnavailable(format!(
-            "entries were removed from the in-process memory cache, but redis could not be asked ({e}); retry once redis_up is 1"
-        ))),
+    let done = d.pipeline.invalidate(&sel).await;
+    if !done.problems.is_empty() && !d.cache.redis().is_up() {
+        return Err(ApiError::CacheUnavailable(format!(
+            "entries were removed from the in-process memory cache, but redis could not be asked ({}); retry once redis_up is 1",
+            done.problems.join("; ")
+        )));
     }
+    tracing::info!(
+        plugin = ?sel.plugin.as_ref().map(|p| p.to_string()), ticker = ?sel.ticker.as_ref().map(|t| t.to_string()),
+        range = ?sel.range.map(|r| r.to_string()), deleted = done.deleted, problems = ?done.problems,
+        "cache entries invalidated"
+    );
+    if done.problems.is_empty() {
+        Ok(Json(json!({"deleted": done.deleted})))
+    } else {
+        // Everything else was removed; say what could not be.
+        Ok(Json(json!({"deleted": done.deleted, "problems": done.problems})))
+    }
+
 }
 
 pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

@@ -75,19 +75,21 @@ pub async fn get_data(
             answer.to_json(),
         )
             .into_response(),
-        Format::Csv if answer.doc().is_none() => {
-            return Err(ApiError::Internal(
-                "the cached document could not be read back; DELETE /v1/cache for this ticker and retry".into(),
-            ));
-        }
-        Format::Csv => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            )],
-            answer.to_csv(),
-        )
-            .into_response(),
+        Format::Csv => match answer.to_csv() {
+            Some(csv) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/csv; charset=utf-8"),
+                )],
+                csv,
+            )
+                .into_response(),
+            None => {
+                return Err(ApiError::Internal(
+                    "a cached bar could not be read back; DELETE /v1/cache for this ticker and retry".into(),
+                ));
+            }
+        },
     };
     resp.headers_mut().insert("x-cache", x_cache);
     Ok(resp)

@@ -54,6 +54,8 @@ pub async fn stats(State(d): State<AppState>) -> Json<Value> {
         "memory_entries": d.cache.memory_entries(),
         "l1": d.cache.l1_state(),
         "redis": if d.cache.redis().is_up() { "up" } else { "down" },
+        "redis_writes": if d.cache.writes_failing() { "failing" } else { "ok" },
+        "memory_bytes": d.cache.memory_bytes(),
         "plugins_loaded": d.metrics.plugins_loaded.get(),
         "inflight_fetches": d.pipeline.inflight_fetches(),
         "uptime_s": d.started.elapsed().as_secs(),
@@ -74,12 +76,16 @@ pub async fn readyz(State(d): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let message = if redis == "up" {
+    let writes = if d.cache.writes_failing() { "failing" } else { "ok" };
+    let message = if redis == "up" && writes == "failing" {
+        "ready; redis: up, writes failing (answers are served but not cached in redis; see cache_write_errors_total and the log)".to_owned()
+    } else if redis == "up" {
         "ready; redis: up".to_owned()
     } else {
         "ready; redis: down (degraded: serving from the in-process memory cache)".to_owned()
     };
-    Json(json!({"ready": true, "redis": redis, "plugins": plugins, "message": message})).into_response()
+    Json(json!({"ready": true, "redis": redis, "redis_writes": writes, "plugins": plugins, "message": message}))
+        .into_response()
 }
 
 pub async fn metrics(State(d): State<AppState>) -> Response {

@@ -73,14 +73,8 @@ async fn closes_section(d: &AppState, plugin: &str, ticker: &str) -> Result<Mark
         }
     };
     let closes: Vec<(String, f64)> = a
-        .doc()
-        .map(|doc| {
-            doc.bars
-                .as_slice()
-                .iter()
-                .map(|b| (b.date.to_string(), b.close))
-                .collect()
-        })
+        .parsed_bars()
+        .map(|bars| bars.iter().map(|b| (b.date.to_string(), b.close)).collect())
         .unwrap_or_default();
     Ok(html! {
         h2 { (title) " — last 90 days (cache: " (a.status.as_str()) ")" }

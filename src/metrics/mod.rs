@@ -27,6 +27,9 @@ pub struct Metrics {
     coalesced: IntCounterVec,
     stream_published: IntCounterVec,
     stream_errors: IntCounterVec,
+    write_errors: IntCounterVec,
+    oversized: IntCounterVec,
+    fetched_days: IntCounterVec,
     pub plugins_loaded: IntGauge,
     pub redis_up: IntGauge,
     per_plugin: RwLock<HashMap<String, Arc<PluginMetrics>>>,
@@ -67,6 +70,10 @@ pub struct PluginMetrics {
     pub fetch: Histogram,
     pub stale: IntCounter,
     pub coalesced: IntCounter,
+    /// Answers served but not cached because they were too large.
+    pub oversized: IntCounter,
+    /// Days asked of the plugin (what the range store saves).
+    pub fetched_days: IntCounter,
     failure: IntCounterVec,
     hits: IntCounterVec,
     l1: std::sync::OnceLock<IntCounter>,
@@ -187,6 +194,24 @@ impl Metrics {
                 "Records the producer could not publish, by reason (redis, queue_full, timeout, delivery, shutdown)",
                 &["stream", "sink", "reason"],
             ),
+            write_errors: counter(
+                &r,
+                "cache_write_errors_total",
+                "Redis cache writes that failed, by reason (oom, timeout, denied, redis_down, error)",
+                &["plugin", "reason"],
+            ),
+            oversized: counter(
+                &r,
+                "cache_oversized_total",
+                "Answers served but not cached because they exceed cache.max_stored_bytes",
+                &["plugin"],
+            ),
+            fetched_days: counter(
+                &r,
+                "plugin_fetched_days_total",
+                "Days asked of plugins (the span of each plugin call)",
+                &["plugin"],
+            ),
             plugins_loaded: gauge(&r, "plugins_loaded", "Plugins currently loaded and serving"),
             redis_up: gauge(
                 &r,
@@ -213,6 +238,8 @@ impl Metrics {
             fetch: self.fetch_duration.with_label_values(&[plugin]),
             stale: self.stale_served.with_label_values(&[plugin]),
             coalesced: self.coalesced.with_label_values(&[plugin]),
+            oversized: self.oversized.with_label_values(&[plugin]),
+            fetched_days: self.fetched_days.with_label_values(&[plugin]),
             failure: self.requests_failure.clone(),
             hits: self.cache_hits.clone(),
             l1: std::sync::OnceLock::new(),
@@ -231,6 +258,10 @@ impl Metrics {
     /// `sink` is `redis-stream` or `kafka`; `stream` the stream key or topic.
     pub fn stream_published(&self, stream: &str, sink: &str) {
         self.stream_published.with_label_values(&[stream, sink]).inc();
+    }
+
+    pub fn cache_write_error(&self, plugin: &str, reason: &str) {
+        self.write_errors.with_label_values(&[plugin, reason]).inc();
     }
 
     pub fn stream_error(&self, stream: &str, sink: &str, reason: &str) {

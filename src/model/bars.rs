@@ -57,6 +57,45 @@ fn whole_volume(x: f64) -> Option<u64> {
     super::whole_number(x).and_then(|i| u64::try_from(i).ok())
 }
 
+impl Bar {
+    /// Appends this bar as JSON, byte for byte what its `Serialize` impl
+    /// writes through serde_json (see [`Bars::write_json`]).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"date\":");
+        match super::ymd(self.date) {
+            Some(bytes) => {
+                out.push(b'"');
+                out.extend_from_slice(&bytes);
+                out.push(b'"');
+            }
+            None => json_into(out, &self.date),
+        }
+        for (key, v) in [
+            (&b",\"open\":"[..], self.open),
+            (b",\"high\":", self.high),
+            (b",\"low\":", self.low),
+            (b",\"close\":", self.close),
+        ] {
+            out.extend_from_slice(key);
+            json_into(out, &v);
+        }
+        if let Some(v) = self.volume {
+            out.extend_from_slice(b",\"volume\":");
+            match whole_volume(v) {
+                Some(n) => json_into(out, &n),
+                None => json_into(out, &v),
+            }
+        }
+        for (k, v) in &self.extra {
+            out.push(b',');
+            json_into(out, k);
+            out.push(b':');
+            json_into(out, v);
+        }
+        out.push(b'}');
+    }
+}
+
 /// One value as serde_json writes it. Writing into a `Vec` cannot fail, and
 /// these values (numbers, strings, dates) always serialise.
 pub fn json_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
@@ -93,40 +132,14 @@ impl Bars {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"date\":");
-            match super::ymd(bar.date) {
-                Some(bytes) => {
-                    out.push(b'"');
-                    out.extend_from_slice(&bytes);
-                    out.push(b'"');
-                }
-                None => json_into(out, &bar.date),
-            }
-            for (key, v) in [
-                (&b",\"open\":"[..], bar.open),
-                (b",\"high\":", bar.high),
-                (b",\"low\":", bar.low),
-                (b",\"close\":", bar.close),
-            ] {
-                out.extend_from_slice(key);
-                json_into(out, &v);
-            }
-            if let Some(v) = bar.volume {
-                out.extend_from_slice(b",\"volume\":");
-                match whole_volume(v) {
-                    Some(n) => json_into(out, &n),
-                    None => json_into(out, &v),
-                }
-            }
-            for (k, v) in &bar.extra {
-                out.push(b',');
-                json_into(out, k);
-                out.push(b':');
-                json_into(out, v);
-            }
-            out.push(b'}');
+            bar.write_json(out);
         }
         out.push(b']');
+    }
+
+    /// Takes the bars out (they were checked when this was built).
+    pub fn into_vec(self) -> Vec<Bar> {
+        self.0
     }
 
     /// Bars as given, for tests of what does not depend on the contract.

@@ -1,12 +1,18 @@
 //! A data answer and its two renderings (JSON with the `cache` object, CSV).
+//!
+//! The bars are the stored JSON text of each bar, so JSON rendering copies
+//! bytes; CSV and the producer parse them when they need numbers.
 
-use std::sync::Arc;
+use bytes::Bytes;
 
-use crate::cache::{DataDoc, Envelope, Layer, Payload};
+use crate::cache::Layer;
+use crate::model::{Bar, DateRange, PluginName, Ticker, json_into, push_ymd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
+    /// Some bars from the cache, the rest fetched for this answer.
+    Partial,
     Miss,
     Stale,
     Bypass,
@@ -16,6 +22,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
+            CacheStatus::Partial => "partial",
             CacheStatus::Miss => "miss",
             CacheStatus::Stale => "stale",
             CacheStatus::Bypass => "bypass",
@@ -26,6 +33,7 @@ impl CacheStatus {
     pub fn header(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
+            CacheStatus::Partial => "PARTIAL",
             CacheStatus::Miss => "MISS",
             CacheStatus::Stale => "STALE",
             CacheStatus::Bypass => "BYPASS",
@@ -33,46 +41,151 @@ impl CacheStatus {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Answer {
-    pub env: Arc<Envelope>,
+    pub plugin: PluginName,
+    pub ticker: Ticker,
+    pub range: DateRange,
+    /// Each bar's JSON object, sorted by date.
+    pub bars: Vec<Bytes>,
+    /// The `meta` object of the latest fetch (JSON text).
+    pub meta: Option<Bytes>,
+    /// Fetch time of the oldest date served (unix ms).
+    pub fetched_at_ms: u64,
     pub status: CacheStatus,
     pub layer: Layer,
     pub age_s: u64,
     pub ttl_s: u64,
+    /// Days asked of the plugin for this answer.
+    pub fetched_days: u64,
+}
+
+fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl Answer {
-    pub fn doc(&self) -> Option<&DataDoc> {
-        match &self.env.payload {
-            Payload::Data(d) => d.doc(),
-            Payload::NoData { .. } => None,
-        }
+    pub fn fetched_at(&self) -> String {
+        rfc3339(self.fetched_at_ms)
     }
 
-    /// The JSON answer (README, "HTTP API"): the stored document plus the `cache` object.
+    /// The bars as one JSON array.
+    pub fn bars_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.bars.iter().map(|b| b.len() + 1).sum::<usize>());
+        out.push(b'[');
+        for (i, b) in self.bars.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b);
+        }
+        out.push(b']');
+        out
+    }
+
+    /// The bars parsed; `None` if a stored bar does not parse (it was
+    /// checked when stored, so this means damage in the store).
+    pub fn parsed_bars(&self) -> Option<Vec<Bar>> {
+        self.bars.iter().map(|b| serde_json::from_slice(b).ok()).collect()
+    }
+
+    /// The JSON answer (README, "HTTP API"), written by hand (the bars are copied as
+    /// stored).
     pub fn to_json(&self) -> Vec<u8> {
-        let Payload::Data(body) = &self.env.payload else {
-            return b"{}".to_vec();
-        };
-        let json = body.json();
-        let mut out = Vec::with_capacity(json.len() + 96);
-        // The stored document without its closing brace, then the cache object.
-        out.extend_from_slice(&json.as_bytes()[..json.len().saturating_sub(1)]);
+        let size: usize = self.bars.iter().map(|b| b.len() + 1).sum();
+        let mut out = Vec::with_capacity(size + self.meta.as_ref().map_or(2, |m| m.len()) + 320);
+        out.extend_from_slice(b"{\"plugin\":");
+        json_into(&mut out, self.plugin.as_str());
+        out.extend_from_slice(b",\"ticker\":");
+        json_into(&mut out, self.ticker.as_str());
+        let mut dates = String::with_capacity(48);
+        dates.push_str(",\"start\":\"");
+        push_ymd(&mut dates, self.range.start());
+        dates.push_str("\",\"end\":\"");
+        push_ymd(&mut dates, self.range.end());
+        dates.push_str("\",\"bars\":[");
+        out.extend_from_slice(dates.as_bytes());
+        for (i, b) in self.bars.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b);
+        }
+        out.extend_from_slice(b"],\"meta\":");
+        out.extend_from_slice(self.meta.as_deref().unwrap_or(b"{}"));
+        out.extend_from_slice(b",\"fetched_at\":\"");
+        out.extend_from_slice(self.fetched_at().as_bytes());
         out.extend_from_slice(
             format!(
-                ",\"cache\":{{\"status\":\"{}\",\"layer\":\"{}\",\"age_s\":{},\"ttl_s\":{}}}}}",
+                "\",\"cache\":{{\"status\":\"{}\",\"layer\":\"{}\",\"age_s\":{},\"ttl_s\":{},\"fetched_days\":{}}}}}",
                 self.status.as_str(),
                 self.layer.as_str(),
                 self.age_s,
-                self.ttl_s
+                self.ttl_s,
+                self.fetched_days
             )
             .as_bytes(),
         );
         out
     }
 
-    pub fn to_csv(&self) -> String {
-        self.doc().map(|d| d.bars.to_csv()).unwrap_or_default()
+    pub fn to_csv(&self) -> Option<String> {
+        let bars = self.parsed_bars()?;
+        let mut out = String::with_capacity(32 + bars.len() * 64);
+        out.push_str("date,open,high,low,close,volume\n");
+        for b in &bars {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{},{},{},{},{},", b.date, b.open, b.high, b.low, b.close);
+            match b.volume {
+                Some(v) if v.fract() == 0.0 && (0.0..9.0e15).contains(&v) => {
+                    let _ = write!(out, "{}", v as u64);
+                }
+                Some(v) => {
+                    let _ = write!(out, "{v}");
+                }
+                None => {}
+            }
+            out.push('\n');
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::series::tests::r;
+
+    #[test]
+    fn json_is_valid_and_carries_the_cache_object() {
+        let a = Answer {
+            plugin: PluginName::parse("p").unwrap(),
+            ticker: Ticker::parse("aapl").unwrap(),
+            range: r("2024-01-02", "2024-01-03"),
+            bars: vec![
+                Bytes::from_static(br#"{"date":"2024-01-02","open":1,"high":2,"low":0.5,"close":1.5,"volume":10}"#),
+                Bytes::from_static(br#"{"date":"2024-01-03","open":1,"high":2,"low":0.5,"close":1.5}"#),
+            ],
+            meta: Some(Bytes::from_static(br#"{"currency":"USD"}"#)),
+            fetched_at_ms: 1_700_000_000_000,
+            status: CacheStatus::Partial,
+            layer: Layer::Redis,
+            age_s: 5,
+            ttl_s: 7,
+            fetched_days: 1,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&a.to_json()).unwrap();
+        assert_eq!(v["ticker"], "AAPL");
+        assert_eq!(v["bars"][1]["date"], "2024-01-03");
+        assert_eq!(v["meta"]["currency"], "USD");
+        assert_eq!(v["fetched_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["cache"]["status"], "partial");
+        assert_eq!(v["cache"]["fetched_days"], 1);
+        assert_eq!(
+            a.to_csv().unwrap(),
+            "date,open,high,low,close,volume\n2024-01-02,1,2,0.5,1.5,10\n2024-01-03,1,2,0.5,1.5,\n"
+        );
     }
 }

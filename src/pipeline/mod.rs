@@ -1,25 +1,34 @@
-//! The request pipeline (README, "Cache behaviour"; docs/ARCHITECTURE.md,
-//! "One request"): validated request -> cache key -> cache
-//! read -> on a miss one plugin call (single-flight) -> output contract ->
-//! cache write -> answer. The HTTP API, the CLI and the producer all go
-//! through [`Pipeline::get`], so they count and cache the same way.
+//! The request pipeline (README, "Cache behaviour"): validated request -> read the series'
+//! coverage and bars for the range -> a hit, or one plugin call for the
+//! smallest interval spanning every missing or stale date (single-flight
+//! per (plugin, ticker) in this process and, through a short lock, across
+//! daemons) -> output contract -> write -> merged answer. The HTTP API, the
+//! CLI and the producer all go through [`Pipeline::get`].
+//!
+//! [`Flow`] holds the logic against the [`Store`] interface and the
+//! [`Upstream`] of a plugin, so it is unit-tested with the in-process store
+//! as a fake and a fake plugin under `tokio::time::pause`.
 
 mod answer;
+mod plan;
 mod singleflight;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
 pub use answer::{Answer, CacheStatus};
 pub use singleflight::{Role, SingleFlight};
 
-use crate::cache::{
-    Cache, CacheKey, DataDoc, Envelope, Layer, LockGuard, Payload, Selector, StoreError, Waited, now_ms,
-};
+use crate::cache::series::{Coverage, Freshness, Snapshot, Span, Write, day_of};
+use crate::cache::{Cache, FailureMarker, Invalidated, Layer, LockGuard, Read, Selector, SeriesId, Store};
 use crate::error::FetchError;
 use crate::metrics::{Metrics, PluginMetrics};
 use crate::model::{Bars, DateRange, PluginName, Ticker, ymd_string};
-use crate::plugin::{FetchArgs, Plugin, Registry};
+use crate::plugin::{FetchArgs, Plugin, RawOutput, Registry};
 
 /// One validated data request.
 #[derive(Debug, Clone)]
@@ -30,22 +39,580 @@ pub struct DataRequest {
     pub refresh: bool,
 }
 
-type FlightResult = Result<(Arc<Envelope>, Layer), FetchError>;
+/// What the pipeline needs of a plugin: one call.
+pub trait Upstream: Send + Sync {
+    fn call(&self, args: FetchArgs) -> BoxFuture<'static, Result<RawOutput, FetchError>>;
+}
+
+struct PluginCall(Arc<Plugin>);
+
+impl Upstream for PluginCall {
+    fn call(&self, args: FetchArgs) -> BoxFuture<'static, Result<RawOutput, FetchError>> {
+        let p = Arc::clone(&self.0);
+        async move { p.fetch(args).await }.boxed()
+    }
+}
+
+/// The one place the pipeline calls a plugin. Admission checks (rate
+/// limits, cool-down) wrap this; an error returned here is answered stale
+/// when every date of the request has a copy within `stale_if_error`.
+async fn call_plugin(up: &dyn Upstream, args: FetchArgs) -> Result<RawOutput, FetchError> {
+    up.call(args).await
+}
+
+/// The knobs of one request, resolved once from plugin and cache settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub version: u32,
+    pub fresh: Freshness,
+    /// The fleet lock's life: a little more than the plugin's timeout, so a
+    /// live holder never loses it mid-fetch.
+    pub lock_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub max_stored_bytes: u64,
+    /// How long a series is worth keeping at all.
+    pub keep: Duration,
+    /// Whether an answer without bars is remembered (`negative_ttl > 0`).
+    pub record_empty: bool,
+}
+
+/// The wall clock, or one that follows tokio's (paused) time in tests.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    System,
+    Tokio { base_ms: u64, start: tokio::time::Instant },
+}
+
+impl Clock {
+    pub fn tokio_from(base_ms: u64) -> Self {
+        Clock::Tokio {
+            base_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => crate::cache::now_ms(),
+            Clock::Tokio { base_ms, start } => base_ms + start.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// How often a daemon waiting on another daemon's lock looks again.
+const LOCK_POLL: Duration = Duration::from_millis(15);
+
+/// What a fetch (or a wait for one) left: the series as it stands for the
+/// leader's range, and what was fetched.
+#[derive(Debug)]
+struct Landed {
+    snap: Snapshot,
+    window: DateRange,
+    fetched: Option<DateRange>,
+    layer: Layer,
+    /// The plugin's own "no data" message, when it said so.
+    no_data: Option<String>,
+}
+
+type FlightOut = Result<Arc<Landed>, FetchError>;
+
+fn covers(outer: DateRange, inner: DateRange) -> bool {
+    outer.start() <= inner.start() && inner.end() <= outer.end()
+}
+
+fn overlap_days(a: DateRange, b: DateRange) -> u64 {
+    let (s, e) = (a.start().max(b.start()), a.end().min(b.end()));
+    if s > e { 0 } else { (day_of(e) - day_of(s) + 1) as u64 }
+}
+
+pub struct Flow {
+    store: Arc<dyn Store>,
+    flights: SingleFlight<SeriesId, FlightOut>,
+    clock: Clock,
+}
+
+impl Flow {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            flights: SingleFlight::default(),
+            clock,
+        })
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.flights.len()
+    }
+
+    async fn read(&self, id: &SeriesId, range: DateRange, pm: &PluginMetrics) -> Read {
+        match self.store.read(id, range).await {
+            Ok(r) => {
+                if r.corrupt > 0 {
+                    pm.errors.inc_by(u64::from(r.corrupt));
+                }
+                r
+            }
+            Err(e) => {
+                pm.errors.inc();
+                tracing::debug!(error = %e, "store read failed; treating the range as not cached");
+                Read {
+                    snapshot: Snapshot::default(),
+                    layer: Layer::Memory,
+                    corrupt: 0,
+                }
+            }
+        }
+    }
+
+    /// Answers one request for a plugin.
+    pub async fn answer(
+        self: &Arc<Self>,
+        req: &DataRequest,
+        up: Arc<dyn Upstream>,
+        policy: Policy,
+        pm: Arc<PluginMetrics>,
+    ) -> Result<Answer, FetchError> {
+        let id = SeriesId {
+            plugin: req.plugin.clone(),
+            version: policy.version,
+            ticker: req.ticker.clone(),
+        };
+        let range = req.range;
+        let mut snap = Snapshot::default();
+        let mut layer = Layer::Redis;
+        if !req.refresh {
+            if let Some(Ok(l)) = self.flights.join(&id).await
+                && covers(l.window, range)
+                && plan::gap(&l.snap, range, &policy.fresh, self.clock.now_ms()).is_none()
+            {
+                // A fetch covering this range was running here: its result
+                // answers without a store read.
+                pm.misses.inc();
+                pm.coalesced.inc();
+                return self.finish(req, &l.snap, l.fetched, l.layer, &policy, None, l.no_data.clone());
+            }
+            if let Some(hot) = self.store.read_hot(&id, range)
+                && plan::gap(&hot.snapshot, range, &policy.fresh, self.clock.now_ms()).is_none()
+            {
+                pm.hit_l1();
+                return self.finish(req, &hot.snapshot, None, Layer::L1, &policy, None, None);
+            }
+            let read = self.read(&id, range, &pm).await;
+            if plan::gap(&read.snapshot, range, &policy.fresh, self.clock.now_ms()).is_none() {
+                match read.layer {
+                    Layer::Redis => pm.hits_redis.inc(),
+                    Layer::Memory => pm.hits_memory.inc(),
+                    Layer::L1 => pm.hit_l1(),
+                }
+                return self.finish(req, &read.snapshot, None, read.layer, &policy, None, None);
+            }
+            pm.misses.inc();
+            layer = read.layer;
+            snap = read.snapshot;
+        }
+        for _ in 0..8 {
+            let this = Arc::clone(self);
+            let (r, u, p, s) = (req.clone(), Arc::clone(&up), Arc::clone(&pm), snap.clone());
+            let (out, role) = self
+                .flights
+                .run(
+                    id.clone(),
+                    !req.refresh,
+                    move || async move { this.lead(r, u, policy, p, s, layer).await },
+                    |panic| Err(FetchError::Internal(format!("fetch task failed: {panic}"))),
+                )
+                .await;
+            if role == Role::Leader {
+                return match out {
+                    Ok(l) => self.finish(req, &l.snap, l.fetched, l.layer, &policy, None, l.no_data.clone()),
+                    Err(e) => self.stale_or(e, req, &snap, layer, &policy, &pm),
+                };
+            }
+            pm.coalesced.inc();
+            if req.refresh {
+                // A refresh fetches itself, after the fetch that was running.
+                continue;
+            }
+            match out {
+                Ok(l)
+                    if covers(l.window, range)
+                        && plan::gap(&l.snap, range, &policy.fresh, self.clock.now_ms()).is_none() =>
+                {
+                    return self.finish(req, &l.snap, l.fetched, l.layer, &policy, None, l.no_data.clone());
+                }
+                // The fetch this request waited for failed: answer its error
+                // (or stale) rather than calling a failing upstream again.
+                Err(e) => return self.stale_or(e, req, &snap, layer, &policy, &pm),
+                Ok(l) => {
+                    // Another range was fetched: read again, ask only what
+                    // is still missing.
+                    let read = self.read(&id, range, &pm).await;
+                    if plan::gap(&read.snapshot, range, &policy.fresh, self.clock.now_ms()).is_none() {
+                        return self.finish(req, &read.snapshot, l.fetched, read.layer, &policy, None, None);
+                    }
+                    layer = read.layer;
+                    snap = read.snapshot;
+                }
+            }
+        }
+        Err(FetchError::Internal(format!(
+            "{} {}: other fetches of this ticker kept running; retry",
+            req.plugin, req.ticker
+        )))
+    }
+
+    /// The answer for `req` from a snapshot. `fetched` is what the plugin
+    /// call behind this answer covered; `stale` forces `X-Cache: STALE`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        req: &DataRequest,
+        snap: &Snapshot,
+        fetched: Option<DateRange>,
+        layer: Layer,
+        policy: &Policy,
+        stale: Option<()>,
+        no_data: Option<String>,
+    ) -> Result<Answer, FetchError> {
+        let now = self.clock.now_ms();
+        let range = req.range;
+        let fetched = fetched.filter(|f| overlap_days(*f, range) > 0);
+        let a = plan::assemble(snap, range, &policy.fresh, fetched);
+        if a.bars.is_empty() {
+            return Err(FetchError::NoData(no_data.unwrap_or_else(|| {
+                format!("plugin {} has no data for {} in {range}", req.plugin, req.ticker)
+            })));
+        }
+        let status = match (stale, fetched) {
+            (Some(()), _) => CacheStatus::Stale,
+            (None, _) if req.refresh => CacheStatus::Bypass,
+            (None, None) => CacheStatus::Hit,
+            (None, Some(_)) if a.from_cache == 0 => CacheStatus::Miss,
+            (None, Some(_)) => CacheStatus::Partial,
+        };
+        Ok(Answer {
+            plugin: req.plugin.clone(),
+            ticker: req.ticker.clone(),
+            range,
+            bars: a.bars,
+            meta: snap.meta.clone(),
+            fetched_at_ms: a.oldest_fetch_ms.unwrap_or(now),
+            status,
+            layer,
+            age_s: a.oldest_cached_ms.map_or(0, |o| now.saturating_sub(o) / 1000),
+            ttl_s: if stale.is_some() {
+                0
+            } else {
+                a.first_stale_ms.map_or(0, |u| u.saturating_sub(now).div_ceil(1000))
+            },
+            fetched_days: fetched.map_or(0, |f| overlap_days(f, range)),
+        })
+    }
+
+    /// stale-if-error: dates whose copies went stale less than
+    /// `stale_if_error` ago stand in for a failed fetch, if every date of
+    /// the request has one.
+    fn stale_or(
+        &self,
+        err: FetchError,
+        req: &DataRequest,
+        snap: &Snapshot,
+        layer: Layer,
+        policy: &Policy,
+        pm: &PluginMetrics,
+    ) -> Result<Answer, FetchError> {
+        let now = self.clock.now_ms();
+        if !err.is_fetch_failure()
+            || !plan::stale_servable(
+                snap,
+                req.range,
+                &policy.fresh,
+                now,
+                policy.stale_if_error.as_millis() as u64,
+            )
+        {
+            return Err(err);
+        }
+        let answer = self.finish(req, snap, None, layer, policy, Some(()), None)?;
+        pm.stale.inc();
+        tracing::warn!(
+            plugin = %req.plugin, ticker = %req.ticker, range = %req.range, error = %err, age_s = answer.age_s,
+            "fetch failed; serving the cached copies (stale-if-error)"
+        );
+        Ok(answer)
+    }
+
+    /// The leader's work: take the fleet lock (or wait while another daemon
+    /// holds it, re-reading what it wrote), fetch what is still missing,
+    /// store it, release.
+    async fn lead(
+        self: Arc<Self>,
+        req: DataRequest,
+        up: Arc<dyn Upstream>,
+        policy: Policy,
+        pm: Arc<PluginMetrics>,
+        mut snap: Snapshot,
+        mut layer: Layer,
+    ) -> FlightOut {
+        let id = SeriesId {
+            plugin: req.plugin.clone(),
+            version: policy.version,
+            ticker: req.ticker.clone(),
+        };
+        let range = req.range;
+        let give_up = tokio::time::Instant::now() + policy.lock_ttl * 2;
+        let mut guard: Option<LockGuard> = None;
+        let mut waited_since: Option<u64> = None;
+        loop {
+            // Redis cannot be asked: this daemon fetches on its own.
+            let Ok(ans) = self.store.lock(&id, policy.lock_ttl).await else {
+                break;
+            };
+            if let (Some(since), Some(f)) = (waited_since, &ans.failure)
+                && f.at_ms >= since
+            {
+                if let Some(g) = &ans.guard {
+                    let _ = self.store.unlock(&id, g, None).await;
+                }
+                pm.coalesced.inc();
+                return Err(f.error.clone());
+            }
+            if !req.refresh {
+                let theirs = ans
+                    .coverage
+                    .as_deref()
+                    .and_then(|c| Coverage::parse(c).ok())
+                    .unwrap_or_default()
+                    .clip(range);
+                if theirs != snap.coverage {
+                    // Another writer moved the coverage since this request
+                    // read it: read again before deciding what to ask (a
+                    // damaged value was counted by the first read already).
+                    if let Ok(read) = self.store.read(&id, range).await {
+                        snap = read.snapshot;
+                        layer = read.layer;
+                    }
+                }
+            }
+            if ans.guard.is_some() {
+                guard = ans.guard;
+                break;
+            }
+            let now = self.clock.now_ms();
+            waited_since.get_or_insert(now);
+            if !req.refresh && plan::gap(&snap, range, &policy.fresh, now).is_none() {
+                pm.coalesced.inc();
+                return Ok(Arc::new(Landed {
+                    snap,
+                    window: range,
+                    fetched: None,
+                    layer,
+                    no_data: None,
+                }));
+            }
+            if tokio::time::Instant::now() >= give_up {
+                tracing::warn!(
+                    plugin = %req.plugin, ticker = %req.ticker, waited = ?policy.lock_ttl * 2,
+                    "another daemon held the fetch lock of this ticker too long; fetching without it"
+                );
+                break;
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+        if waited_since.is_some() {
+            // This request waited for another daemon's fetch and asks only
+            // what that one did not cover.
+            pm.coalesced.inc();
+        }
+        let now = self.clock.now_ms();
+        let gap = if req.refresh {
+            Some(range)
+        } else {
+            plan::gap(&snap, range, &policy.fresh, now)
+        };
+        let Some(gap) = gap else {
+            if let Some(g) = &guard {
+                let _ = self.store.unlock(&id, g, None).await;
+            }
+            return Ok(Arc::new(Landed {
+                snap,
+                window: range,
+                fetched: None,
+                layer,
+                no_data: None,
+            }));
+        };
+        match self
+            .fetch_and_store(
+                &req,
+                &id,
+                gap,
+                up.as_ref(),
+                &policy,
+                &pm,
+                guard.as_ref(),
+                &mut snap,
+                layer,
+            )
+            .await
+        {
+            Ok((layer, no_data)) => Ok(Arc::new(Landed {
+                snap,
+                window: range,
+                fetched: Some(gap),
+                layer,
+                no_data,
+            })),
+            Err(e) => {
+                if let Some(g) = &guard {
+                    let marker = e.is_fetch_failure().then(|| FailureMarker {
+                        error: e.clone(),
+                        at_ms: self.clock.now_ms(),
+                    });
+                    let _ = self.store.unlock(&id, g, marker.as_ref()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One plugin call for `gap`, checked, stored, and applied to `snap`.
+    /// Returns the layer the answer is kept in and the plugin's own "no
+    /// data" message if it gave one.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_and_store(
+        &self,
+        req: &DataRequest,
+        id: &SeriesId,
+        gap: DateRange,
+        up: &dyn Upstream,
+        policy: &Policy,
+        pm: &PluginMetrics,
+        guard: Option<&LockGuard>,
+        snap: &mut Snapshot,
+        read_layer: Layer,
+    ) -> Result<(Layer, Option<String>), FetchError> {
+        let (p, t) = (req.plugin.as_str(), req.ticker.as_str());
+        let args = FetchArgs {
+            ticker: t.to_owned(),
+            start: ymd_string(gap.start()),
+            end: ymd_string(gap.end()),
+        };
+        let days = overlap_days(gap, gap);
+        let started = Instant::now();
+        let out = call_plugin(up, args).await;
+        let took = started.elapsed();
+        pm.fetch.observe(took.as_secs_f64());
+        pm.fetched_days.inc_by(days);
+        let fetched_ms = self.clock.now_ms();
+        let why = if req.refresh {
+            "refresh"
+        } else if gap == req.range {
+            "miss"
+        } else {
+            "partial"
+        };
+        let (raw, no_data) = match out {
+            Ok(raw) => (raw, None),
+            Err(FetchError::NoData(m)) => (
+                RawOutput {
+                    bars: Vec::new(),
+                    meta: serde_json::Map::new(),
+                    coverage: None,
+                },
+                Some(m),
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    plugin = p, ticker = t, asked = %gap, code = e.code(),
+                    took_ms = took.as_millis() as u64, error = %e,
+                    "plugin fetch failed; nothing cached"
+                );
+                return Err(e);
+            }
+        };
+        let cover = match raw.coverage {
+            Some((from, to)) => DateRange::new(from.min(gap.start()), to.max(gap.end())).unwrap_or(gap),
+            None => gap,
+        };
+        let bars = Bars::validated(raw.bars, &cover).map_err(|e| {
+            let err = FetchError::InvalidPluginOutput(format!("plugin {p}: {e}"));
+            tracing::warn!(plugin = p, ticker = t, asked = %gap, error = %err, "plugin output breaks the contract; nothing cached (fix the plugin)");
+            err
+        })?;
+        tracing::info!(
+            plugin = p, ticker = t, asked = %gap, days, why, covered = %cover, bars = bars.len(),
+            took_ms = took.as_millis() as u64,
+            "plugin fetch"
+        );
+        let empty = bars.is_empty();
+        let meta = (!empty).then(|| Bytes::from(serde_json::to_vec(&raw.meta).unwrap_or_else(|_| b"{}".to_vec())));
+        let bars: Vec<_> = bars
+            .into_vec()
+            .into_iter()
+            .map(|b| {
+                let mut v = Vec::with_capacity(128);
+                b.write_json(&mut v);
+                (b.date, Bytes::from(v))
+            })
+            .collect();
+        let w = Write {
+            span: Span {
+                from: cover.start(),
+                to: cover.end(),
+                fetched_ms,
+                empty,
+            },
+            bars,
+            meta,
+        };
+        snap.apply(&w);
+        let release = async {
+            if let Some(g) = guard {
+                let _ = self.store.unlock(id, g, None).await;
+            }
+        };
+        if empty && !policy.record_empty {
+            release.await;
+            return Ok((read_layer, no_data));
+        }
+        let size = w.payload_bytes() as u64;
+        if size > policy.max_stored_bytes {
+            pm.oversized.inc();
+            tracing::warn!(
+                plugin = p, ticker = t, asked = %gap, bytes = size, limit = policy.max_stored_bytes,
+                "answer served but not cached: larger than cache.max_stored_bytes (raise it, or ask shorter ranges)"
+            );
+            release.await;
+            return Ok((read_layer, no_data));
+        }
+        match self.store.write(id, &w, policy.keep, guard).await {
+            Ok(written) => Ok((written.layer, no_data)),
+            Err(e) => {
+                pm.errors.inc();
+                tracing::debug!(error = %e, "store write failed");
+                release.await;
+                Ok((Layer::Memory, no_data))
+            }
+        }
+    }
+}
 
 pub struct Pipeline {
     pub registry: Arc<Registry>,
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
-    flights: SingleFlight<CacheKey, FlightResult>,
+    flow: Arc<Flow>,
 }
 
 impl Pipeline {
     pub fn new(registry: Arc<Registry>, cache: Arc<Cache>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let store: Arc<dyn Store> = Arc::clone(&cache) as Arc<dyn Store>;
         Arc::new(Self {
             registry,
             cache,
             metrics,
-            flights: SingleFlight::default(),
+            flow: Flow::new(store, Clock::System),
         })
     }
 
@@ -63,7 +630,12 @@ impl Pipeline {
         let started = Instant::now();
         pm.requests.inc();
         let res = match plugin {
-            Ok(p) => self.answer(req, p, &pm).await,
+            Ok(p) => {
+                let policy = self.policy(&p);
+                self.flow
+                    .answer(req, Arc::new(PluginCall(p)), policy, Arc::clone(&pm))
+                    .await
+            }
             Err(e) => Err(e),
         };
         pm.lookup.observe(started.elapsed().as_secs_f64());
@@ -72,6 +644,21 @@ impl Pipeline {
             Err(e) => pm.failure(e.code()),
         }
         res
+    }
+
+    fn policy(&self, plugin: &Plugin) -> Policy {
+        let s = plugin.settings();
+        let c = self.cache.settings();
+        let fresh = Freshness::new(s.settle, s.settled_ttl, s.ttl, c.negative_ttl);
+        Policy {
+            version: s.cache_version,
+            fresh,
+            lock_ttl: s.timeout + Duration::from_secs(1),
+            stale_if_error: c.stale_if_error,
+            max_stored_bytes: c.max_stored_bytes,
+            keep: fresh.keep_for(c.stale_if_error),
+            record_empty: !c.negative_ttl.is_zero(),
+        }
     }
 
     fn plugin(&self, name: &PluginName) -> Result<Arc<Plugin>, FetchError> {
@@ -87,278 +674,21 @@ impl Pipeline {
         })
     }
 
-    async fn answer(
-        self: &Arc<Self>,
-        req: &DataRequest,
-        plugin: Arc<Plugin>,
-        pm: &Arc<PluginMetrics>,
-    ) -> Result<Answer, FetchError> {
-        let settings = plugin.settings();
-        let key = self
-            .cache
-            .keys()
-            .entry(&req.plugin, settings.cache_version, &req.ticker, &req.range);
-
-        if !req.refresh
-            && let Some(result) = self.flights.join(&key).await
-        {
-            // A miss on this key is being fetched here already: wait for it
-            // rather than ask the cache, which cannot have the answer yet.
-            // In a storm on a cold key this spares every follower a Redis
-            // round trip, and the leader's lock and fetch no longer queue
-            // behind them.
-            pm.misses.inc();
-            pm.coalesced.inc();
-            return self.flight_answer(result, req, &key, pm).await;
-        }
-        if !req.refresh
-            && let Some(found) = self.cache.read(&key, &req.range, pm).await
-        {
-            let now = now_ms();
-            if found.env.is_fresh(now) {
-                match found.layer {
-                    Layer::Redis => pm.hits_redis.inc(),
-                    Layer::Memory => pm.hits_memory.inc(),
-                    Layer::L1 => pm.hit_l1(),
-                }
-                if let Payload::NoData { message } = &found.env.payload {
-                    return Err(FetchError::NoData(message.clone()));
-                }
-                return Ok(Answer {
-                    age_s: found.env.age_ms(now) / 1000,
-                    ttl_s: found.env.ttl_left_s(now),
-                    env: found.env,
-                    status: CacheStatus::Hit,
-                    layer: found.layer,
-                });
-            }
-        }
-        if !req.refresh {
-            pm.misses.inc();
-        }
-
-        let this = Arc::clone(self);
-        let (r, k, p, pmc) = (req.clone(), key.clone(), Arc::clone(&plugin), Arc::clone(pm));
-        // A refresh is not joinable: requests that arrive meanwhile read the
-        // cache, which still holds a good answer, instead of waiting.
-        let (result, role) = self
-            .flights
-            .run(
-                key.clone(),
-                !req.refresh,
-                move || async move { this.fetch_and_store(&r, &k, &p, &pmc).await },
-                |panic| Err(FetchError::Internal(format!("fetch task failed: {panic}"))),
-            )
-            .await;
-        if role == Role::Follower {
-            pm.coalesced.inc();
-        }
-        self.flight_answer(result, req, &key, pm).await
-    }
-
-    /// The answer from a fetch this request led or joined.
-    async fn flight_answer(
-        &self,
-        result: FlightResult,
-        req: &DataRequest,
-        key: &CacheKey,
-        pm: &PluginMetrics,
-    ) -> Result<Answer, FetchError> {
-        match result {
-            Ok((env, layer)) => Ok(Answer {
-                ttl_s: env.ttl_left_s(now_ms()),
-                age_s: 0,
-                env,
-                status: if req.refresh {
-                    CacheStatus::Bypass
-                } else {
-                    CacheStatus::Miss
-                },
-                layer,
-            }),
-            Err(e) if e.is_fetch_failure() => self.stale_or(e, req, key, pm).await,
-            Err(e) => Err(e),
-        }
-    }
-
-    /// stale-if-error: an expired copy within the window stands in for a failed fetch.
-    async fn stale_or(
-        &self,
-        err: FetchError,
-        req: &DataRequest,
-        key: &CacheKey,
-        pm: &PluginMetrics,
-    ) -> Result<Answer, FetchError> {
-        let window = self.cache.settings().stale_if_error;
-        if window.is_zero() {
-            return Err(err);
-        }
-        let Some(found) = self.cache.read_stale(key, &req.range, pm).await else {
-            return Err(err);
-        };
-        let now = now_ms();
-        let within = found.env.age_ms(now) < found.env.ttl_ms + window.as_millis() as u64;
-        if !within || !found.env.is_data() {
-            return Err(err);
-        }
-        pm.stale.inc();
-        tracing::warn!(
-            plugin = %req.plugin, ticker = %req.ticker, range = %req.range, error = %err,
-            age_s = found.env.age_ms(now) / 1000,
-            "fetch failed; serving the stale cached copy (stale-if-error)"
-        );
-        Ok(Answer {
-            age_s: found.env.age_ms(now) / 1000,
-            ttl_s: 0,
-            env: found.env,
-            status: CacheStatus::Stale,
-            layer: found.layer,
-        })
-    }
-
-    /// The leader's work: take the fleet lock (or wait for the daemon that
-    /// holds it), fetch, store, release.
-    async fn fetch_and_store(
-        &self,
-        req: &DataRequest,
-        key: &CacheKey,
-        plugin: &Arc<Plugin>,
-        pm: &PluginMetrics,
-    ) -> FlightResult {
-        let settings = plugin.settings();
-        // The lock outlives the plugin's own timeout a little, so a live
-        // holder never loses it mid-fetch.
-        let lock_ttl = settings.timeout + Duration::from_secs(1);
-        let since = if req.refresh { now_ms() } else { 0 };
-        let give_up = Instant::now() + lock_ttl * 2;
-        let mut guard = None;
-        while Instant::now() < give_up {
-            match self.cache.try_lock(key, lock_ttl).await {
-                Ok(Some(g)) => {
-                    guard = Some(g);
-                    break;
-                }
-                Ok(None) => match self.cache.wait_for_holder(key, &req.range, since, lock_ttl).await {
-                    Waited::Value(found) => {
-                        pm.coalesced.inc();
-                        if let Payload::NoData { message } = &found.env.payload {
-                            return Err(FetchError::NoData(message.clone()));
-                        }
-                        self.cache.remember_locally(key, &found.env);
-                        return Ok((found.env, Layer::Redis));
-                    }
-                    Waited::Failed(e) => {
-                        pm.coalesced.inc();
-                        return Err(e);
-                    }
-                    Waited::Free => continue,
-                },
-                // Redis cannot be asked: this daemon fetches on its own.
-                Err(_) => break,
-            }
-        }
-        let result = self.fetch_uncached(req, key, plugin, pm, guard.as_ref()).await;
-        // A stored answer (data, or a remembered no-data) released the lock in
-        // its write's round trip; anything else releases it here.
-        let released = match &result {
-            Ok(_) => true,
-            Err(FetchError::NoData(_)) => !self.cache.settings().negative_ttl.is_zero(),
-            Err(_) => false,
-        };
-        if let Some(g) = guard
-            && !released
-        {
-            if let Err(e) = &result
-                && e.is_fetch_failure()
-            {
-                self.cache.publish_failure(key, e, Duration::from_secs(2)).await;
-            }
-            self.cache.unlock(g).await;
-        }
-        result
-    }
-
-    async fn fetch_uncached(
-        &self,
-        req: &DataRequest,
-        key: &CacheKey,
-        plugin: &Arc<Plugin>,
-        pm: &PluginMetrics,
-        lock: Option<&LockGuard>,
-    ) -> FlightResult {
-        let settings = plugin.settings();
-        let args = FetchArgs {
-            ticker: req.ticker.to_string(),
-            start: ymd_string(req.range.start()),
-            end: ymd_string(req.range.end()),
-        };
-        let started = Instant::now();
-        let out = plugin.fetch(args).await;
-        let took = started.elapsed();
-        pm.fetch.observe(took.as_secs_f64());
-        let (p, t) = (req.plugin.as_str(), req.ticker.as_str());
-        let raw = match out {
-            Ok(raw) => raw,
-            Err(FetchError::NoData(m)) => return Err(self.remember_no_data(key, p, t, m, pm, lock).await),
-            Err(e) => {
-                tracing::warn!(
-                    plugin = p, ticker = t, range = %req.range, code = e.code(),
-                    took_ms = took.as_millis() as u64, error = %e,
-                    "plugin fetch failed; nothing cached"
-                );
-                return Err(e);
-            }
-        };
-        let bars = Bars::validated(raw.bars, &req.range).map_err(|e| {
-            let err = FetchError::InvalidPluginOutput(format!("plugin {p}: {e}"));
-            tracing::warn!(plugin = p, ticker = t, range = %req.range, error = %err, "plugin output breaks the contract; nothing cached (fix the plugin)");
-            err
-        })?;
-        if bars.is_empty() {
-            let msg = format!("plugin {p} has no data for {t} in {}", req.range);
-            return Err(self.remember_no_data(key, p, t, msg, pm, lock).await);
-        }
-        let doc = DataDoc {
-            plugin: p.to_owned(),
-            ticker: t.to_owned(),
-            start: ymd_string(req.range.start()),
-            end: ymd_string(req.range.end()),
-            bars,
-            meta: raw.meta,
-            fetched_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        };
-        let env = Envelope::data(doc, settings.ttl);
-        let layer = self.cache.write(key, p, t, Arc::clone(&env), pm, lock).await;
-        if req.refresh {
-            self.cache.announce_rewrite(key).await;
-        }
-        tracing::debug!(plugin = p, ticker = t, range = %req.range, took_ms = took.as_millis() as u64, layer = layer.as_str(), "fetched and cached");
-        Ok((env, layer))
-    }
-
-    async fn remember_no_data(
-        &self,
-        key: &CacheKey,
-        plugin: &str,
-        ticker: &str,
-        message: String,
-        pm: &PluginMetrics,
-        lock: Option<&LockGuard>,
-    ) -> FetchError {
-        let ttl = self.cache.settings().negative_ttl;
-        if !ttl.is_zero() {
-            let env = Envelope::no_data(message.clone(), ttl);
-            self.cache.write(key, plugin, ticker, env, pm, lock).await;
-        }
-        FetchError::NoData(message)
-    }
-
-    /// Deletes cache entries; see [`Cache::invalidate`].
-    pub async fn invalidate(&self, sel: &Selector) -> Result<u64, StoreError> {
-        self.cache.invalidate(sel, &self.registry.names()).await
+    /// Deletes cached series (see [`Cache::invalidate_selected`]).
+    pub async fn invalidate(&self, sel: &Selector) -> Invalidated {
+        let known: Vec<(String, u32)> = self
+            .registry
+            .list()
+            .iter()
+            .filter_map(|s| s.current.as_ref().map(|p| (s.name.clone(), p.settings().cache_version)))
+            .collect();
+        self.cache.invalidate_selected(sel, &known).await
     }
 
     pub fn inflight_fetches(&self) -> usize {
-        self.flights.len()
+        self.flow.inflight()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,6 +18,10 @@ pub struct Manifest {
     pub env: Vec<String>,
     pub allow_hosts: Option<Vec<String>>,
     pub max_concurrency: Option<usize>,
+    /// Freshness (README, "Cache behaviour"): dates before `today - settle` are settled ...
+    pub settle: Option<Duration>,
+    /// ... and stay fresh this long.
+    pub settled_ttl: Option<Duration>,
 }
 
 /// A problem in the returned table, with the key it concerns so the caller
@@ -36,6 +40,8 @@ const KNOWN_KEYS: &[&str] = &[
     "env",
     "allow_hosts",
     "max_concurrency",
+    "settle",
+    "settled_ttl",
     "fetch",
 ];
 
@@ -49,6 +55,15 @@ fn problem(key: &str, message: impl Into<String>) -> ManifestProblem {
 fn duration(t: &Table, key: &str) -> Result<Option<Duration>, ManifestProblem> {
     let v = t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))?;
     lua_duration(key, v).map_err(|m| problem(key, m))
+}
+
+/// `settle` may be zero (every date before today is settled).
+fn duration_or_zero(t: &Table, key: &str) -> Result<Option<Duration>, ManifestProblem> {
+    match t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))? {
+        Value::Integer(0) => Ok(Some(Duration::ZERO)),
+        Value::String(s) if parse_duration(&s.to_string_lossy()).is_ok_and(|d| d.is_zero()) => Ok(Some(Duration::ZERO)),
+        _ => duration(t, key),
+    }
 }
 
 fn names(t: &Table, key: &str) -> Result<Option<Vec<String>>, ManifestProblem> {
@@ -150,6 +165,8 @@ impl Manifest {
             env,
             allow_hosts: names(t, "allow_hosts")?,
             max_concurrency,
+            settle: duration_or_zero(t, "settle")?,
+            settled_ttl: duration(t, "settled_ttl")?,
         })
     }
 }

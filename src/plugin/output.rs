@@ -22,6 +22,37 @@ use crate::model::{Bar, ExtraValue, parse_date};
 pub struct RawOutput {
     pub bars: Vec<Bar>,
     pub meta: serde_json::Map<String, serde_json::Value>,
+    /// What the answer covers, when the plugin declares it (docs/PLUGINS.md,
+    /// `coverage = { from = ..., to = ... }`); otherwise the asked interval.
+    pub coverage: Option<(chrono::NaiveDate, chrono::NaiveDate)>,
+}
+
+/// Reads `coverage = { from = "YYYY-MM-DD", to = "YYYY-MM-DD" }`.
+fn read_coverage(t: &mlua::Table) -> Result<Option<(chrono::NaiveDate, chrono::NaiveDate)>, String> {
+    let c = match t.raw_get::<Value>("coverage").map_err(|e| e.to_string())? {
+        Value::Nil => return Ok(None),
+        Value::Table(c) => c,
+        other => {
+            return Err(format!(
+                "coverage must be a table {{ from = \"YYYY-MM-DD\", to = \"YYYY-MM-DD\" }}, got {}",
+                other.type_name()
+            ));
+        }
+    };
+    let date = |k: &'static str| -> Result<chrono::NaiveDate, String> {
+        match c.raw_get::<Value>(k).map_err(|e| e.to_string())? {
+            Value::String(s) => parse_date(k, &s.to_string_lossy()).map_err(|e| format!("coverage.{e}")),
+            other => Err(format!(
+                "coverage.{k} must be a \"YYYY-MM-DD\" string, got {}",
+                other.type_name()
+            )),
+        }
+    };
+    let (from, to) = (date("from")?, date("to")?);
+    if from > to {
+        return Err(format!("coverage.from {from} is after coverage.to {to}"));
+    }
+    Ok(Some((from, to)))
 }
 
 pub fn read_output(lua: &Lua, v: Value) -> Result<RawOutput, String> {
@@ -63,7 +94,8 @@ pub fn read_output(lua: &Lua, v: Value) -> Result<RawOutput, String> {
         },
         other => return Err(format!("meta must be a table, got {}", other.type_name())),
     };
-    Ok(RawOutput { bars, meta })
+    let coverage = read_coverage(&t)?;
+    Ok(RawOutput { bars, meta, coverage })
 }
 
 /// Lua's own name for a value's type, as `type()` would print it.

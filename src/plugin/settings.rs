@@ -26,7 +26,13 @@ pub struct Settings {
     pub max_body: usize,
     pub states: usize,
     pub cache_version: u32,
+    /// Dates before `today - settle` are settled (README, "Cache behaviour").
+    pub settle: Duration,
+    pub settled_ttl: Duration,
 }
+
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(3 * 86400);
+pub const DEFAULT_SETTLED_TTL: Duration = Duration::from_secs(30 * 86400);
 
 impl Settings {
     pub fn effective(m: &Manifest, o: &PluginOverrides, default_ttl: Duration) -> Self {
@@ -49,6 +55,8 @@ impl Settings {
             max_body: o.max_body.unwrap_or(DEFAULT_MAX_BODY),
             states: o.states.unwrap_or_else(default_states),
             cache_version: m.cache_version,
+            settle: o.settle.or(m.settle).unwrap_or(DEFAULT_SETTLE),
+            settled_ttl: o.settled_ttl.or(m.settled_ttl).unwrap_or(DEFAULT_SETTLED_TTL),
         }
     }
 }
