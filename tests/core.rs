@@ -358,7 +358,7 @@ async fn a_corrupt_value_is_a_miss_counted_as_an_error_then_overwritten() {
     let (s, x, body) = data(&d, JAN).await;
     assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
     assert_eq!(
-        metric(&d.metrics().await, "cache_errors_total", &[("plugin", "synthetic")]),
+        expect_metric(&d.metrics().await, "cache_errors_total", &[("plugin", "synthetic")]),
         2.0
     );
     let kind: String = redis::cmd("TYPE").arg(&key).query(&mut c).unwrap();

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Daemon, DaemonBuilder, RedisServer, metric, wait_for};
+use common::{Daemon, DaemonBuilder, RedisServer, counter_or_zero, expect_metric, wait_for};
 use serde_json::Value;
 
 fn prefix_of(r: &RedisServer) -> String {
@@ -61,7 +61,7 @@ async fn an_overlapping_range_is_partial_and_asks_only_the_missing_days() {
     );
     let m = d.metrics().await;
     assert_eq!(
-        metric(&m, "plugin_fetched_days_total", &[("plugin", "synthetic")]),
+        expect_metric(&m, "plugin_fetched_days_total", &[("plugin", "synthetic")]),
         46.0
     );
     // The union is covered now: any range inside it is a hit.
@@ -260,7 +260,7 @@ async fn two_daemons_make_no_overlapping_calls_and_the_waiter_asks_the_rest() {
         "B waited for A's write and asked only the remainder:\n{}",
         b.log()
     );
-    assert!(metric(&b.metrics().await, "fetch_coalesced_total", &[("plugin", "slow")]) >= 1.0);
+    assert!(counter_or_zero(&b.metrics().await, "fetch_coalesced_total", &[("plugin", "slow")]) >= 1.0);
 }
 
 #[tokio::test]
@@ -316,7 +316,7 @@ async fn a_wrong_type_index_never_blocks_invalidation_and_is_repaired() {
     let (s, x, _) = d.data("/v1/data/synthetic/IBM?start=2024-01-01&end=2024-01-31").await;
     assert_eq!((s, x.as_str()), (200, "MISS"));
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    assert!(metric(&d.metrics().await, "cache_errors_total", &[("plugin", "(index)")]) >= 1.0);
+    assert!(expect_metric(&d.metrics().await, "cache_errors_total", &[("plugin", "(index)")]) >= 1.0);
 }
 
 #[tokio::test]
@@ -345,7 +345,7 @@ async fn failing_writes_are_counted_logged_once_and_shown_then_clear() {
     }
     let m = d.metrics().await;
     assert_eq!(
-        metric(
+        expect_metric(
             &m,
             "cache_write_errors_total",
             &[("plugin", "synthetic"), ("reason", "oom")]
@@ -391,7 +391,10 @@ async fn an_oversized_answer_is_served_not_cached_and_counted() {
     assert!(body["bars"].as_array().unwrap().len() > 60);
     assert_eq!(d.data(path).await.1, "MISS", "not cached");
     let m = d.metrics().await;
-    assert_eq!(metric(&m, "cache_oversized_total", &[("plugin", "synthetic")]), 2.0);
+    assert_eq!(
+        expect_metric(&m, "cache_oversized_total", &[("plugin", "synthetic")]),
+        2.0
+    );
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*{BIG}").query(&mut c).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
