@@ -38,6 +38,7 @@ return {
 const FAILING_PLUGIN: &str = r#"
 return {
   ttl = 1,
+  settled_ttl = 1,
   fetch = function(req)
     errors.upstream("the source is down")
   end,
