@@ -89,7 +89,6 @@ pub async fn delete_cache(
         // Everything else was removed; say what could not be.
         Ok(Json(json!({"deleted": done.deleted, "problems": done.problems})))
     }
-
 }
 
 pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
