@@ -110,9 +110,9 @@ async fn round(daemon: &Arc<Daemon>, sinks: &Sinks, entry: &WatchEntry, stop: &w
         match daemon.pipeline.get(&req).await {
             Ok(answer) => {
                 // Bars as stored: each is checked JSON, so the array is too.
-                let Ok(bars) = serde_json::value::RawValue::from_string(
-                    String::from_utf8_lossy(&answer.bars_json()).into_owned(),
-                ) else {
+                let Ok(bars) =
+                    serde_json::value::RawValue::from_string(String::from_utf8_lossy(&answer.bars_json()).into_owned())
+                else {
                     continue;
                 };
                 let record = Record {
