@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mlua::{Table, Value};
 
-use crate::config::is_env_var_name;
+use crate::config::{is_env_var_name, parse_duration};
 use crate::model::whole_number;
 use crate::plugin::convert::lua_duration;
 
