@@ -183,3 +183,49 @@ def test_a_bad_url_is_refused_at_once(monkeypatch):
     monkeypatch.setenv("TICKERD_URL", "localhost:8000")
     with pytest.raises(ValueError, match="TICKERD_URL"):
         tickerd_client.get_stock_data("AAPL")
+
+
+def test_get_many_reads_the_spec_ndjson_format():
+    """The bulk answer as SPEC §7 writes it (one line per ticker, in
+    completion order, an error object for a failed ticker), served by a
+    stand-in on loopback: runs whether or not the daemon has the route yet,
+    and pins the request the client sends."""
+    import http.server
+    import json as _json
+
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen["path"] = self.path
+            seen["accept"] = self.headers.get("Accept")
+            lines = [
+                {"ticker": "FAIL", "error": {"code": "upstream_error", "message": "refused"}},
+                {"plugin": "picky", "ticker": "OK", "start": "2024-01-02", "end": "2024-01-02",
+                 "bars": [{"date": "2024-01-02", "open": 1, "high": 2, "low": 0.5, "close": 1.5, "volume": 10}],
+                 "meta": {}, "fetched_at": "2026-01-01T00:00:00Z", "cache": {"status": "miss"}},
+            ]
+            body = "".join(_json.dumps(x) + "\n" for x in lines).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        got = Client(f"http://127.0.0.1:{srv.server_port}").get_many(
+            ["ok", "FAIL", "MISSING"], "2024-01-02", "2024-01-02", plugin="picky"
+        )
+    finally:
+        srv.shutdown()
+    assert seen["path"] == "/v1/data/picky?tickers=OK%2CFAIL%2CMISSING&start=2024-01-02&end=2024-01-02"
+    assert seen["accept"] == "application/x-ndjson"
+    assert list(got) == ["OK", "FAIL", "MISSING"], "input order, not completion order"
+    assert got["OK"]["bars"][0]["close"] == 1.5
+    assert isinstance(got["FAIL"], TickerdError) and got["FAIL"].code == "upstream_error"
+    assert isinstance(got["MISSING"], TickerdError) and got["MISSING"].code == "bad_response"
