@@ -264,7 +264,11 @@ async fn config_changes_apply_at_once() {
         .config("[plugins.p]\nttl = \"100s\"\n")
         .start()
         .await;
-    let q = "/v1/data/p/AAPL?start=2024-01-02&end=2024-01-02";
+    // Today is on the live edge: fresh for the plugin's ttl (settled history
+    // would show settled_ttl).
+    let today = chrono::Utc::now().date_naive();
+    let q = format!("/v1/data/p/AAPL?start={today}&end={today}");
+    let q = q.as_str();
     assert_eq!(plugin_info(&d, "p").await.1["ttl_s"], 100);
     let cfg_path = d.config_path.clone();
     let text = std::fs::read_to_string(&cfg_path)
