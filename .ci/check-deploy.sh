@@ -564,7 +564,7 @@ for p in panels:
 # metric names the dashboard uses vs. those tickerd registers
 src = open("src/metrics/mod.rs").read() if os.path.exists("src/metrics/mod.rs") else ""
 known = {"up"}
-for kind, name in re.findall(r"\b(counter|histogram|gauge)\(\s*&\w+,\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"", src):
+for kind, name in re.findall(r"\b(counter|histogram|gauge)(?:_vec)?\(\s*&\w+,\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"", src):
     known.add(name)
     if kind == "histogram":
         known |= {name + "_bucket", name + "_sum", name + "_count"}

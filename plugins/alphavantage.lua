@@ -6,8 +6,8 @@
 -- Set ALPHAVANTAGE_BASE_URL to point it elsewhere (a test server).
 --
 -- Alpha Vantage answers problems with HTTP 200 and a JSON note instead of data:
---   {"Note": "...call frequency..."}          rate limit          -> upstream_error
---   {"Information": "...rate limit / premium"} rate limit, plan    -> upstream_error
+--   {"Note": "...call frequency..."}          rate limit          -> cool-down, 429
+--   {"Information": "...rate limit / premium"} rate limit, plan    -> cool-down, 429
 --   {"Error Message": "Invalid API call..."}   e.g. unknown symbol -> no_data
 -- Raising an error (never returning bars) is what keeps these out of the cache.
 -- outputsize=full returns the whole history at once, so the answer declares
@@ -23,6 +23,10 @@ return {
   cache_version = 1,
   env = { "ALPHAVANTAGE_BASE_URL", "ALPHAVANTAGE_API_KEY" },
   max_concurrency = 4,     -- the free plan allows a few calls per minute anyway
+  -- The free key allows 25 calls a day (and used to allow 5 a minute): spend
+  -- them across the whole fleet. A premium key raises this with
+  -- [plugins.alphavantage] rate_limit = "75/min" (or whatever the plan says).
+  rate_limit = { "5/min", "25/day" },
 
   fetch = function(req)
     local key = env.get("ALPHAVANTAGE_API_KEY")
@@ -49,7 +53,13 @@ return {
       errors.upstream("alphavantage answered 200 with something that is not a JSON object")
     end
     if doc["Note"] or doc["Information"] then
-      errors.upstream("alphavantage refused the call: " .. tostring(doc["Note"] or doc["Information"]))
+      local note = tostring(doc["Note"] or doc["Information"])
+      -- A rate-limit note: every daemon stops calling for a while. The
+      -- per-minute note ("call frequency is 5 calls per minute ...") for a
+      -- minute; the daily quota's ("... 25 requests per day") for the longest
+      -- cool-down tickerd allows (an hour).
+      local daily = note:find("per minute", 1, true) == nil and note:find("per day", 1, true) ~= nil
+      errors.rate_limited("alphavantage refused the call: " .. note, daily and 3600 or 60)
     end
     if doc["Error Message"] then
       errors.no_data("alphavantage has no data for " .. req.ticker .. ": " .. tostring(doc["Error Message"]))

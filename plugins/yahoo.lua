@@ -12,6 +12,8 @@
 -- * Yahoo leaves holes as JSON null (json.null here): such bars are skipped.
 -- * The window asked for is one day wider on each side, then cut back to
 --   [start_date, end_date] by local date, so no edge bar is lost to time zones.
+-- * A 429 is errors.rate_limited: the plugin cools down fleet-wide for the
+--   answer's Retry-After instead of every daemon asking again.
 
 local DAY = 86400
 
@@ -35,6 +37,11 @@ return {
   timeout = "10s",
   cache_version = 1,
   env = { "YAHOO_BASE_URL" },
+  -- Yahoo publishes no limit. Its old public API allowed 2000 calls an hour
+  -- per IP, and bursts are what get IPs blocked: at most 5 calls start in
+  -- any second and 2000 in any hour, across every daemon on the same Redis.
+  -- Override with [plugins.yahoo] rate_limit in the config.
+  rate_limit = { "5/s", "2000/h" },
 
   fetch = function(req)
     local base = env.get("YAHOO_BASE_URL") or "https://query1.finance.yahoo.com"
@@ -54,7 +61,9 @@ return {
     if res.status == 404 then
       errors.no_data("yahoo has no data for " .. req.ticker .. " (" .. describe(res) .. ")")
     elseif res.status == 429 then
-      errors.upstream("yahoo is rate limiting us (429: " .. describe(res) .. "); try again later")
+      -- Every daemon stops calling Yahoo for Retry-After (60 s without one).
+      errors.rate_limited("yahoo is rate limiting us (429: " .. describe(res) .. ")",
+        tonumber(res.headers["retry-after"]))
     elseif res.status ~= 200 then
       errors.upstream("yahoo answered " .. res.status .. " (" .. describe(res) .. ")")
     end

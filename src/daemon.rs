@@ -65,11 +65,12 @@ impl Daemon {
 
     /// First connection attempt and first plugin scan; the daemon is ready after.
     pub async fn start(&self) -> ScanReport {
-        if let Err(e) = self.cache.redis().connect().await {
-            tracing::warn!(
+        match self.cache.redis().connect().await {
+            Ok(()) => self.pipeline.budget.load().await,
+            Err(e) => tracing::warn!(
                 redis = %self.cache.redis().display_url(), error = %e,
                 "redis is not reachable at start; serving from the in-process memory cache and reconnecting in the background"
-            );
+            ),
         }
         let report = self.registry.rescan().await;
         self.ready.store(true, Ordering::Release);

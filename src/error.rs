@@ -30,6 +30,20 @@ pub enum FetchError {
     /// The plugin did not finish within its timeout.
     #[error("{0}")]
     PluginTimeout(String),
+    /// No turn of the plugin's upstream budget within `max_wait`, or the
+    /// plugin is cooling down after an upstream refusal (SPEC §7): 429 with
+    /// `Retry-After: retry_after_s` (whole seconds, at least 1).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
+    /// The upstream refused a fetch (an `http` call got 429, or 503 with
+    /// `Retry-After`, or the plugin raised `errors.rate_limited`). The budget
+    /// turns it into a fleet-wide cool-down and a [`FetchError::RateLimited`],
+    /// so clients never see it as such.
+    #[error("{message}")]
+    UpstreamRefused {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// A bug on our side (a fetch task panicked).
     #[error("{0}")]
     Internal(String),
@@ -47,6 +61,7 @@ impl FetchError {
             FetchError::UpstreamError(_) => "upstream_error",
             FetchError::PluginUnavailable(_) => "plugin_unavailable",
             FetchError::PluginTimeout(_) => "plugin_timeout",
+            FetchError::RateLimited { .. } | FetchError::UpstreamRefused { .. } => "rate_limited",
             FetchError::Internal(_) => "internal",
         }
     }
@@ -62,7 +77,20 @@ impl FetchError {
                 | FetchError::UpstreamError(_)
                 | FetchError::PluginTimeout(_)
                 | FetchError::PluginUnavailable(_)
+                | FetchError::RateLimited { .. }
+                | FetchError::UpstreamRefused { .. }
         )
+    }
+
+    /// The `Retry-After` seconds of a 429 (whole seconds, at least 1).
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            FetchError::RateLimited { retry_after_s, .. } => Some((*retry_after_s).max(1)),
+            FetchError::UpstreamRefused { retry_after, .. } => {
+                Some(retry_after.map_or(60, |d| d.as_secs_f64().ceil() as u64).max(1))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -88,5 +116,14 @@ mod tests {
             assert_eq!(v["message"], e.to_string());
         }
         assert!(serde_json::from_str::<FetchError>(r#"{"code":"no_such_code","message":"m"}"#).is_err());
+        // A rate limit crosses with its Retry-After.
+        let e = FetchError::RateLimited {
+            message: "no turn".into(),
+            retry_after_s: 7,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<FetchError>(&json).unwrap(), e);
+        assert_eq!(serde_json::to_value(&e).unwrap()["code"], "rate_limited");
+        assert_eq!(e.retry_after_s(), Some(7));
     }
 }

@@ -6,6 +6,7 @@
 //! plugins and config current; [`metrics`] counts everything; [`config`]
 //! and [`model`] hold validated inputs.
 
+pub mod budget;
 pub mod cache;
 pub mod cli;
 pub mod config;

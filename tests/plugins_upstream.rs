@@ -142,34 +142,46 @@ async fn yahoo_unknown_symbol_is_no_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn yahoo_rate_limit_is_an_upstream_error_and_never_cached() {
+async fn yahoo_429_cools_the_plugin_down_and_is_never_cached() {
     let mock = MockUpstream::start().await;
-    mock.on(BHP, Canned::text(429, "Too Many Requests\r\n"));
+    mock.on(BHP, Canned::too_many_requests(2));
     let redis = RedisServer::start();
     let d = daemon(&redis, "yahoo", &[("YAHOO_BASE_URL", &mock.base)]).await;
     let path = "/v1/data/yahoo/BHP.AX?start=2024-01-02&end=2024-01-05";
 
-    for n in 1..=2 {
-        let (s, _, body) = data(&d, path).await;
-        assert_eq!(s, 502, "{body}");
-        let (code, msg) = error_of(&body);
-        assert_eq!(code, "upstream_error");
-        assert!(msg.contains("429") && msg.contains("Too Many Requests"), "{msg}");
-        assert_eq!(mock.count(BHP), n, "each request asks the upstream again");
-    }
+    let r = d.get(path).await;
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "the upstream's Retry-After: {retry}");
+    let (code, msg) = error_of(&r.json().await.unwrap());
+    assert_eq!(code, "rate_limited");
+    assert!(msg.contains("429") && msg.contains("Too Many Requests"), "{msg}");
+    assert_eq!(mock.count(BHP), 1);
 
-    // A server error is the same kind of failure.
-    mock.on(BHP, Canned::text(503, "Service Unavailable"));
+    // While yahoo cools down, nothing is asked of it (and nothing was cached).
     let (s, _, body) = data(&d, path).await;
+    assert_eq!((s, error_of(&body).0.as_str()), (429, "rate_limited"), "{body}");
+    assert_eq!(mock.count(BHP), 1, "no call during the cool-down");
+
+    // A server error without Retry-After, after the cool-down, is an upstream_error.
+    mock.on(BHP, Canned::text(503, "Service Unavailable"));
+    let (s, _, body) = common::wait_for("the cool-down to end", Duration::from_secs(15), || {
+        let d = &d;
+        async move {
+            let got = data(d, path).await;
+            (got.0 != 429).then_some(got)
+        }
+    })
+    .await;
     assert_eq!((s, error_of(&body).0.as_str()), (502, "upstream_error"), "{body}");
-    assert_eq!(mock.count(BHP), 3);
+    assert_eq!(mock.count(BHP), 2);
 
     // Once the source recovers, the data flows (nothing bad was remembered).
     mock.on(BHP, Canned::json(200, &yahoo_asx_chart()));
     let (s, x, body) = data(&d, path).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(x, "MISS");
-    assert_eq!(mock.count(BHP), 4);
+    assert_eq!(mock.count(BHP), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,43 +410,55 @@ async fn alphavantage_parses_string_numbers_sorts_and_caches() {
     assert_eq!(mock.count(AV), 1);
 }
 
+/// Alpha Vantage's rate-limit notes come in 200 answers: the plugin raises
+/// errors.rate_limited, so the plugin cools down fleet-wide (a minute for
+/// the per-minute note, the longest cool-down for the daily quota's) and
+/// nothing is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alphavantage_notes_in_a_200_answer_are_errors_never_cached() {
+async fn alphavantage_notes_in_a_200_answer_cool_down_never_cached() {
+    for (symbol, body, needle, cooldown) in [
+        ("IBM", AV_NOTE, "API call frequency", 60),
+        ("MSFT", AV_INFORMATION, "25 requests per day", 3600),
+    ] {
+        let mock = MockUpstream::start().await;
+        mock.on_query(AV, &[("symbol", symbol)], Canned::json(200, body));
+        let redis = RedisServer::start();
+        let d = av_daemon(&redis, &mock).await;
+        let path = format!("/v1/data/alphavantage/{symbol}?start=2024-01-02&end=2024-01-04");
+
+        let r = d.get(&path).await;
+        assert_eq!(r.status().as_u16(), 429, "{symbol}");
+        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(
+            retry <= cooldown && retry + 5 >= cooldown,
+            "{symbol}: Retry-After {retry}"
+        );
+        let (code, msg) = error_of(&r.json().await.unwrap());
+        assert_eq!(code, "rate_limited");
+        assert!(msg.contains(needle), "{msg}");
+
+        let (s, _, body) = data(&d, &path).await;
+        assert_eq!(s, 429, "{body}");
+        assert_eq!(
+            mock.count(AV),
+            1,
+            "a rate-limit note is never cached, and not asked again while cooling down"
+        );
+        let (_, info) = d.get_json("/v1/plugins/alphavantage").await;
+        assert_eq!(info["rate_limit"], serde_json::json!(["5/min", "25/day"]), "{info}");
+        assert!(info["cooldown_until"].is_string(), "{info}");
+    }
+
+    // An error note is no_data, not a refusal.
     let mock = MockUpstream::start().await;
-    mock.on_query(AV, &[("symbol", "IBM")], Canned::json(200, AV_NOTE));
-    mock.on_query(AV, &[("symbol", "MSFT")], Canned::json(200, AV_INFORMATION));
     mock.on_query(AV, &[("symbol", "NOPE")], Canned::json(200, AV_ERROR));
     let redis = RedisServer::start();
     let d = av_daemon(&redis, &mock).await;
-    let ibm = "/v1/data/alphavantage/IBM?start=2024-01-02&end=2024-01-04";
-
-    for n in 1..=2 {
-        let (s, _, body) = data(&d, ibm).await;
-        assert_eq!(s, 502, "{body}");
-        let (code, msg) = error_of(&body);
-        assert_eq!(code, "upstream_error");
-        assert!(msg.contains("API call frequency"), "{msg}");
-        assert_eq!(mock.count(AV), n, "a rate-limit note is never cached");
-    }
-
-    let (s, _, body) = data(&d, "/v1/data/alphavantage/MSFT?start=2024-01-02&end=2024-01-04").await;
-    assert_eq!(s, 502, "{body}");
-    let (code, msg) = error_of(&body);
-    assert_eq!(code, "upstream_error");
-    assert!(msg.contains("25 requests per day"), "{msg}");
-
     let (s, _, body) = data(&d, "/v1/data/alphavantage/NOPE?start=2024-01-02&end=2024-01-04").await;
     assert_eq!(s, 404, "{body}");
     let (code, msg) = error_of(&body);
     assert_eq!(code, "no_data");
     assert!(msg.contains("NOPE") && msg.contains("Invalid API call"), "{msg}");
-
-    // After the limit resets, the real data is fetched and cached.
-    mock.on_query(AV, &[("symbol", "IBM")], Canned::json(200, AV_DAILY));
-    let (s, x, body) = data(&d, ibm).await;
-    assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
-    let (s, x, _) = data(&d, ibm).await;
-    assert_eq!((s, x.as_str()), (200, "HIT"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

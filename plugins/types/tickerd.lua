@@ -51,6 +51,8 @@
 ---@field env? string[]               Environment variables env.get may read.
 ---@field allow_hosts? string[]       Outbound HTTP allow-list ("host", "host:port", "*.domain").
 ---@field max_concurrency? integer    Fetches of this plugin running at once (default 64).
+---@field rate_limit? string|string[] Upstream budget for the whole fleet: "10/s", "5/min", "100/h", "25/day", or a list.
+---@field max_wait? tickerd.Duration  How long a call waits for a turn of rate_limit (default: timeout), else 429.
 ---@field fetch fun(req: tickerd.Request): tickerd.Output
 
 ------------------------------------------------------------------------------
@@ -202,7 +204,16 @@ function date.format(unix, utc_offset) end
 ---@class tickerd.errors
 errors = {}
 
----The data source failed (rate limit, 5xx, malformed answer): 502 upstream_error.
+---The data source refused the call for a while (a rate-limit answer): the plugin
+---cools down fleet-wide for `retry_after_seconds` (default 60, at most 3600; nil
+---takes a 429's Retry-After header); meanwhile requests get cached or stale data,
+---else 429 rate_limited with Retry-After. A fetch that fails after an http call
+---got 429 (or 503 with Retry-After) is treated the same way.
+---@param message? string
+---@param retry_after_seconds? number
+function errors.rate_limited(message, retry_after_seconds) end
+
+---The data source failed (5xx, malformed answer): 502 upstream_error.
 ---A cached answer still within stale_if_error is served instead, if there is one.
 ---@param message? string
 function errors.upstream(message) end

@@ -70,6 +70,17 @@ pub struct PluginSection {
     pub states: Option<u64>,
     pub settle: Option<RawDuration>,
     pub settled_ttl: Option<RawDuration>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub max_wait: Option<RawDuration>,
+}
+
+/// `rate_limit = "10/s"` or `rate_limit = ["5/min", "25/day"]`, read before
+/// we know which key it is so the error can name it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawRateLimit {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, Deserialize)]

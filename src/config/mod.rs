@@ -16,7 +16,7 @@ pub use duration::{RawDuration, parse_duration};
 use file::{FileConfig, PluginSection};
 pub use kafka::{KafkaConfig, WatchSink};
 
-use crate::model::{PluginName, Ticker};
+use crate::model::{PluginName, RateLimit, Ticker};
 
 /// A configuration problem, naming the key (or flag, or variable) and what it accepts.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,10 @@ pub struct PluginOverrides {
     pub settle: Option<Duration>,
     /// How long settled dates stay fresh.
     pub settled_ttl: Option<Duration>,
+    /// Upstream budget (SPEC §7); `Some(empty)` lifts the plugin's own limit.
+    pub rate_limit: Option<RateLimit>,
+    /// How long a call may wait for a turn of the budget.
+    pub max_wait: Option<Duration>,
 }
 
 /// `[[watch]]`: the producer keeps these tickers fresh and publishes them.
@@ -491,7 +495,23 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
             }
         }
     }
+    let rate_limit = s
+        .rate_limit
+        .as_ref()
+        .map(|r| match r {
+            file::RawRateLimit::One(one) => RateLimit::parse(one),
+            file::RawRateLimit::Many(list) => RateLimit::parse_list(list),
+        })
+        .transpose()
+        .map_err(|m| invalid(key("rate_limit"), m))?;
+    let max_wait = s
+        .max_wait
+        .as_ref()
+        .map(|r| r.parse().map_err(|m| invalid(key("max_wait"), m)))
+        .transpose()?;
     Ok(PluginOverrides {
+        rate_limit,
+        max_wait,
         ttl,
         timeout,
         max_concurrency: positive(s.max_concurrency, "max_concurrency")?,
@@ -672,5 +692,30 @@ mod tests {
         assert_eq!(parse_bytes("16 MB").unwrap(), 16_000_000);
         assert_eq!(parse_bytes("1024").unwrap(), 1024);
         assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn rate_limits_one_or_a_list_and_bad_ones_named() {
+        let text = "[plugins.yahoo]\nrate_limit = \"20/s\"\nmax_wait = \"2s\"\n[plugins.av]\nrate_limit = [\"25/day\", \"5/min\"]\n[plugins.free]\nrate_limit = []\n";
+        let c = Config::resolve(&Flags::default(), &env(&[]), None, Some(text)).unwrap();
+        let y = c.plugin_overrides("yahoo");
+        assert_eq!(y.rate_limit.unwrap().to_string(), "20/s");
+        assert_eq!(y.max_wait, Some(Duration::from_secs(2)));
+        assert_eq!(
+            c.plugin_overrides("av").rate_limit.unwrap().to_string(),
+            "5/min, 25/day"
+        );
+        assert!(c.plugin_overrides("free").rate_limit.unwrap().is_empty());
+        for (text, key) in [
+            (
+                "[plugins.yahoo]\nrate_limit = \"20/week\"\n",
+                "plugins.yahoo.rate_limit",
+            ),
+            ("[plugins.yahoo]\nrate_limit = 20\n", "rate_limit"),
+            ("[plugins.yahoo]\nmax_wait = \"soon\"\n", "plugins.yahoo.max_wait"),
+        ] {
+            let err = Config::resolve(&Flags::default(), &env(&[]), None, Some(text)).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 }

@@ -80,6 +80,7 @@ impl ApiError {
                 }
                 FetchError::PluginUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 FetchError::PluginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                FetchError::RateLimited { .. } | FetchError::UpstreamRefused { .. } => StatusCode::TOO_MANY_REQUESTS,
                 FetchError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -102,6 +103,11 @@ impl IntoResponse for ApiError {
             body["error"]["field"] = json!(field);
         }
         let mut resp = (status, Json(body)).into_response();
+        if let ApiError::Fetch(e) = &self
+            && let Some(secs) = e.retry_after_s()
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if matches!(self, ApiError::Unauthorized(_)) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -131,6 +137,14 @@ mod tests {
             (FetchError::PluginUnavailable("x".into()), 503, "plugin_unavailable"),
             (FetchError::PluginTimeout("x".into()), 504, "plugin_timeout"),
             (FetchError::Internal("x".into()), 500, "internal"),
+            (
+                FetchError::RateLimited {
+                    message: "x".into(),
+                    retry_after_s: 3,
+                },
+                429,
+                "rate_limited",
+            ),
         ];
         for (e, status, code) in cases {
             let api = ApiError::from(e.clone());
@@ -138,6 +152,17 @@ mod tests {
             assert_eq!(api.code(), code);
             assert_eq!(api.to_string(), e.to_string());
         }
+    }
+
+    #[test]
+    fn a_rate_limit_says_when_to_retry() {
+        let r = ApiError::from(FetchError::RateLimited {
+            message: "no turn".into(),
+            retry_after_s: 0,
+        })
+        .into_response();
+        assert_eq!(r.status().as_u16(), 429);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1", "whole seconds, at least 1");
     }
 
     #[test]

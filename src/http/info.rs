@@ -22,6 +22,8 @@ pub fn plugin_json(slot: &PluginSlot) -> Value {
         "timeout_s": settings.as_ref().map(|s| s.timeout.as_secs_f64()),
         "cache_version": settings.as_ref().map(|s| s.cache_version),
         "max_concurrency": settings.as_ref().map(|s| s.max_concurrency),
+        "rate_limit": settings.as_ref().map(|s| s.rate_limit.to_strings()),
+        "max_wait_s": settings.as_ref().map(|s| s.max_wait.as_secs_f64()),
         "status": slot.status.as_str(),
         "last_error": slot.last_error,
         "loaded_at": cur.map(|p| p.loaded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -31,14 +33,30 @@ pub fn plugin_json(slot: &PluginSlot) -> Value {
 }
 
 pub async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
-    Json(Value::Array(d.registry.list().iter().map(|s| plugin_json(s)).collect()))
+    let mut out = Vec::new();
+    for slot in d.registry.list().iter() {
+        let mut v = plugin_json(slot);
+        v["cooldown_until"] = cooldown_json(&d, &slot.name).await;
+        out.push(v);
+    }
+    Json(Value::Array(out))
+}
+
+/// When the plugin's fleet-wide cool-down ends (RFC 3339), or null. Asked of
+/// Redis (one round trip): another daemon may have started it.
+async fn cooldown_json(d: &AppState, plugin: &str) -> Value {
+    let until = d.pipeline.budget.cooldown_until(plugin).await;
+    json!(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
 }
 
 pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    d.registry
+    let slot = d
+        .registry
         .get(&name)
-        .map(|s| Json(plugin_json(&s)))
-        .ok_or(ApiError::Fetch(FetchError::PluginNotFound(name)))
+        .ok_or_else(|| ApiError::Fetch(FetchError::PluginNotFound(name.clone())))?;
+    let mut v = plugin_json(&slot);
+    v["cooldown_until"] = cooldown_json(&d, &name).await;
+    Ok(Json(v))
 }
 
 pub async fn stats(State(d): State<AppState>) -> Json<Value> {

@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod bulk;
 mod cores;
 mod data;
 mod error;
@@ -31,6 +32,7 @@ pub type AppState = Arc<Daemon>;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/data/{plugin}/{ticker}", get(data::get_data))
+        .route("/v1/data/{plugin}", get(bulk::get_bulk))
         .route("/v1/plugins", get(info::list_plugins))
         .route("/v1/plugins/{name}", get(info::get_plugin))
         .route("/v1/cache", delete(admin::delete_cache))
@@ -57,8 +59,14 @@ async fn method_not_allowed(req: Request) -> Response {
 
 async fn limit_uri(req: Request, next: Next) -> Response {
     let len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
-    if len > MAX_URI {
-        return ApiError::UriTooLong(format!("{len} bytes; the limit is {MAX_URI}")).into_response();
+    // The bulk route names up to 1000 tickers in its query.
+    let limit = if bulk::is_bulk_path(req.uri().path()) {
+        bulk::MAX_BULK_URI
+    } else {
+        MAX_URI
+    };
+    if len > limit {
+        return ApiError::UriTooLong(format!("{len} bytes; the limit is {limit}")).into_response();
     }
     next.run(req).await
 }

@@ -106,6 +106,16 @@ pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Markup 
         .unwrap_or_else(|| "n/a".to_owned());
     let redis = if d.cache.redis().is_up() { "up" } else { "down" };
 
+    // When each plugin's fleet-wide cool-down ends (asked of Redis, one round trip each).
+    let mut cooldowns = Vec::with_capacity(slots.len());
+    for s in &slots {
+        let until = match &s.current {
+            Some(_) => d.pipeline.budget.cooldown_until(&s.name).await,
+            None => None,
+        };
+        cooldowns.push(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    }
+
     let chart_html = match &chosen_plugin {
         Some(p) => closes_section(&d, p, &chosen_ticker)
             .await
@@ -132,9 +142,9 @@ pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Markup 
                 }
                 h2 { "Plugins" }
                 table id="plugins" {
-                    thead { tr { th { "name" } th { "status" } th { "version" } th { "ttl" } th { "description" } th { "last error" } } }
+                    thead { tr { th { "name" } th { "status" } th { "version" } th { "ttl" } th { "rate limit" } th { "cooling down until" } th { "description" } th { "last error" } } }
                     tbody {
-                        @for s in &slots {
+                        @for (s, cooldown) in slots.iter().zip(&cooldowns) {
                             @let cur = s.current.as_ref();
                             tr class="plugin" data-name=(s.name) {
                                 td { a href={ "/?plugin=" (s.name) "&ticker=" (chosen_ticker) } { (s.name) } }
@@ -146,6 +156,13 @@ pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Markup 
                                         None => "-",
                                     }
                                 }
+                                td class="rate-limit" {
+                                    @match cur {
+                                        Some(p) => (p.settings().rate_limit),
+                                        None => "-",
+                                    }
+                                }
+                                td class="cooldown-until" { (cooldown.as_deref().unwrap_or("-")) }
                                 td { @if let Some(p) = cur { (p.manifest.description) } }
                                 td { @if let Some(e) = &s.last_error { (e) } }
                             }

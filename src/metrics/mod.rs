@@ -6,10 +6,12 @@
 //! so the hit path does no hashing of label values.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -33,6 +35,11 @@ pub struct Metrics {
     pub plugins_loaded: IntGauge,
     pub redis_up: IntGauge,
     per_plugin: RwLock<HashMap<String, Arc<PluginMetrics>>>,
+    upstream_rate_limited: IntCounterVec,
+    upstream_wait: HistogramVec,
+    plugin_cooldown: GaugeVec,
+    /// When each known cool-down ends; the gauge is set from it at scrape time.
+    cooldowns: Mutex<HashMap<String, Instant>>,
 }
 
 impl Totals {
@@ -110,6 +117,15 @@ fn histogram(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogr
     reg.register(Box::new(h.clone())).expect("metric names are unique");
     h
 }
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("metric definition is static");
+    reg.register(Box::new(g.clone())).expect("metric names are unique");
+    g
+}
+
+/// Time waited for a turn of an upstream budget: from none to a minute.
+const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric definition is static");
@@ -218,6 +234,25 @@ impl Metrics {
                 "redis_up",
                 "1 while Redis answers, 0 while the memory layer stands in",
             ),
+            upstream_rate_limited: counter(
+                &r,
+                "upstream_rate_limited_total",
+                "Plugin calls not started because of the upstream budget (reason=budget), a cool-down (reason=cooldown), or refused by the upstream itself (reason=upstream)",
+                &["plugin", "reason"],
+            ),
+            upstream_wait: histogram(
+                &r,
+                "upstream_wait_seconds",
+                "Time plugin calls waited for a turn of their rate_limit, in seconds",
+                WAIT_BUCKETS,
+            ),
+            plugin_cooldown: gauge_vec(
+                &r,
+                "plugin_cooldown_seconds",
+                "Seconds left of the plugin's cool-down after an upstream refusal (0: none)",
+                &["plugin"],
+            ),
+            cooldowns: Mutex::new(HashMap::new()),
             registry: r,
             per_plugin: RwLock::new(HashMap::new()),
         })
@@ -268,6 +303,43 @@ impl Metrics {
         self.stream_errors.with_label_values(&[stream, sink, reason]).inc();
     }
 
+    /// `upstream_rate_limited_total{plugin,reason}`; reason is `budget`,
+    /// `cooldown` or `upstream`.
+    pub fn rate_limited(&self, plugin: &str, reason: &str) {
+        self.upstream_rate_limited.with_label_values(&[plugin, reason]).inc();
+    }
+
+    pub fn upstream_wait(&self, plugin: &str) -> Histogram {
+        self.upstream_wait.with_label_values(&[plugin])
+    }
+
+    /// Records when `plugin`'s cool-down ends (`None`: it is over).
+    pub fn set_cooldown_until(&self, plugin: &str, until: Option<Instant>) {
+        if let Ok(mut m) = self.cooldowns.lock() {
+            match until {
+                Some(t) => {
+                    let e = m.entry(plugin.to_owned()).or_insert(t);
+                    *e = (*e).max(t);
+                }
+                None => {
+                    m.remove(plugin);
+                }
+            }
+        }
+        self.plugin_cooldown.with_label_values(&[plugin]).set(0.0);
+        self.refresh_cooldowns();
+    }
+
+    /// Sets every `plugin_cooldown_seconds` to the seconds left now.
+    fn refresh_cooldowns(&self) {
+        let Ok(m) = self.cooldowns.lock() else { return };
+        let now = Instant::now();
+        for (plugin, until) in m.iter() {
+            let left = until.saturating_duration_since(now).as_secs_f64();
+            self.plugin_cooldown.with_label_values(&[plugin]).set(left.ceil());
+        }
+    }
+
     /// Sums over plugins, for `/v1/stats`.
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
@@ -287,6 +359,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.refresh_cooldowns();
         let mut buf = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();
         if TextEncoder::new().encode(&families, &mut buf).is_err() {

@@ -10,6 +10,7 @@
 //! as a fake and a fake plugin under `tokio::time::pause`.
 
 mod answer;
+mod bulk;
 mod plan;
 mod singleflight;
 
@@ -21,8 +22,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 pub use answer::{Answer, CacheStatus};
+pub use bulk::{Bulk, BulkOptions, MAX_BULK_TICKERS, error_line};
 pub use singleflight::{Role, SingleFlight};
 
+use crate::budget::Budget;
 use crate::cache::series::{Coverage, Freshness, Snapshot, Span, Write, day_of};
 use crate::cache::{Cache, FailureMarker, Invalidated, Layer, LockGuard, Read, Selector, SeriesId, Store};
 use crate::error::FetchError;
@@ -42,14 +45,27 @@ pub struct DataRequest {
 /// What the pipeline needs of a plugin: one call.
 pub trait Upstream: Send + Sync {
     fn call(&self, args: FetchArgs) -> BoxFuture<'static, Result<RawOutput, FetchError>>;
+
+    /// Waits for a turn of the plugin's upstream budget (README, "Rate
+    /// limits"), or says why there is none in time; without a budget, at once.
+    fn admit(&self) -> BoxFuture<'static, Result<(), FetchError>> {
+        async { Ok(()) }.boxed()
+    }
 }
 
-struct PluginCall(Arc<Plugin>);
+/// A loaded plugin behind its upstream budget.
+struct PluginCall(Arc<Plugin>, Arc<Budget>);
 
 impl Upstream for PluginCall {
     fn call(&self, args: FetchArgs) -> BoxFuture<'static, Result<RawOutput, FetchError>> {
-        let p = Arc::clone(&self.0);
-        async move { p.fetch(args).await }.boxed()
+        let (p, budget) = (Arc::clone(&self.0), Arc::clone(&self.1));
+        // An upstream refusal becomes a fleet-wide cool-down here.
+        async move { budget.settle(&p, p.fetch(args).await).await }.boxed()
+    }
+
+    fn admit(&self) -> BoxFuture<'static, Result<(), FetchError>> {
+        let (p, budget) = (Arc::clone(&self.0), Arc::clone(&self.1));
+        async move { budget.admit(p.name.as_str(), &p.settings()).await }.boxed()
     }
 }
 
@@ -499,6 +515,7 @@ impl Flow {
             end: ymd_string(gap.end()),
         };
         let days = overlap_days(gap, gap);
+        up.admit().await?;
         let started = Instant::now();
         let out = call_plugin(up, args).await;
         let took = started.elapsed();
@@ -602,14 +619,22 @@ pub struct Pipeline {
     pub registry: Arc<Registry>,
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
+    /// Upstream budgets (README, "Rate limits"): every plugin call goes through it.
+    pub budget: Arc<Budget>,
     flow: Arc<Flow>,
 }
 
 impl Pipeline {
     pub fn new(registry: Arc<Registry>, cache: Arc<Cache>, metrics: Arc<Metrics>) -> Arc<Self> {
         let store: Arc<dyn Store> = Arc::clone(&cache) as Arc<dyn Store>;
+        let budget = Arc::new(Budget::new(
+            Arc::clone(cache.redis()),
+            cache.keys().prefix(),
+            Arc::clone(&metrics),
+        ));
         Arc::new(Self {
             registry,
+            budget,
             cache,
             metrics,
             flow: Flow::new(store, Clock::System),
@@ -633,7 +658,12 @@ impl Pipeline {
             Ok(p) => {
                 let policy = self.policy(&p);
                 self.flow
-                    .answer(req, Arc::new(PluginCall(p)), policy, Arc::clone(&pm))
+                    .answer(
+                        req,
+                        Arc::new(PluginCall(p, Arc::clone(&self.budget))),
+                        policy,
+                        Arc::clone(&pm),
+                    )
                     .await
             }
             Err(e) => Err(e),

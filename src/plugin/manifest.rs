@@ -5,7 +5,7 @@ use std::time::Duration;
 use mlua::{Table, Value};
 
 use crate::config::{is_env_var_name, parse_duration};
-use crate::model::whole_number;
+use crate::model::{RateLimit, whole_number};
 use crate::plugin::convert::lua_duration;
 
 /// A plugin's own declarations (before config overrides).
@@ -22,6 +22,9 @@ pub struct Manifest {
     pub settle: Option<Duration>,
     /// ... and stay fresh this long.
     pub settled_ttl: Option<Duration>,
+    /// The upstream budget the plugin declares (SPEC §7).
+    pub rate_limit: Option<RateLimit>,
+    pub max_wait: Option<Duration>,
 }
 
 /// A problem in the returned table, with the key it concerns so the caller
@@ -42,6 +45,8 @@ const KNOWN_KEYS: &[&str] = &[
     "max_concurrency",
     "settle",
     "settled_ttl",
+    "rate_limit",
+    "max_wait",
     "fetch",
 ];
 
@@ -84,6 +89,30 @@ fn names(t: &Table, key: &str) -> Result<Option<Vec<String>>, ManifestProblem> {
         other => Err(problem(
             key,
             format!("{key} must be a list of strings, got {}", other.type_name()),
+        )),
+    }
+}
+
+/// `rate_limit = "10/s"` or `rate_limit = { "5/min", "25/day" }`.
+fn rate_limit(t: &Table) -> Result<Option<RateLimit>, ManifestProblem> {
+    const KEY: &str = "rate_limit";
+    match t.raw_get::<Value>(KEY).map_err(|e| problem(KEY, e.to_string()))? {
+        Value::Nil => Ok(None),
+        Value::String(s) => RateLimit::parse(&s.to_string_lossy())
+            .map(Some)
+            .map_err(|m| problem(KEY, format!("{KEY}: {m}"))),
+        Value::Table(_) => {
+            let list = names(t, KEY)?.unwrap_or_default();
+            RateLimit::parse_list(&list)
+                .map(Some)
+                .map_err(|m| problem(KEY, format!("{KEY}{m}")))
+        }
+        other => Err(problem(
+            KEY,
+            format!(
+                "{KEY} must be a rate such as \"10/s\" or a list such as {{ \"5/min\", \"25/day\" }}, got {}",
+                other.type_name()
+            ),
         )),
     }
 }
@@ -167,6 +196,8 @@ impl Manifest {
             max_concurrency,
             settle: duration_or_zero(t, "settle")?,
             settled_ttl: duration(t, "settled_ttl")?,
+            rate_limit: rate_limit(t)?,
+            max_wait: duration(t, "max_wait")?,
         })
     }
 }

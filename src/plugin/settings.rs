@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::config::PluginOverrides;
+use crate::model::RateLimit;
 
 use super::manifest::Manifest;
 
@@ -29,6 +30,10 @@ pub struct Settings {
     /// Dates before `today - settle` are settled (README, "Cache behaviour").
     pub settle: Duration,
     pub settled_ttl: Duration,
+    /// Upstream budget; empty is no limit.
+    pub rate_limit: RateLimit,
+    /// How long a call waits for a turn of the budget (default: `timeout`).
+    pub max_wait: Duration,
 }
 
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(3 * 86400);
@@ -42,9 +47,16 @@ impl Settings {
                 env.push(e.clone());
             }
         }
+        let timeout = o.timeout.or(m.timeout).unwrap_or(DEFAULT_TIMEOUT);
         Settings {
             ttl: o.ttl.or(m.ttl).unwrap_or(default_ttl),
-            timeout: o.timeout.or(m.timeout).unwrap_or(DEFAULT_TIMEOUT),
+            timeout,
+            rate_limit: o
+                .rate_limit
+                .clone()
+                .or_else(|| m.rate_limit.clone())
+                .unwrap_or_default(),
+            max_wait: o.max_wait.or(m.max_wait).unwrap_or(timeout),
             max_concurrency: o
                 .max_concurrency
                 .or(m.max_concurrency)

@@ -117,15 +117,18 @@ impl PluginState {
             self.fetch.call_async::<Value>(req).await
         };
         let at = tokio::time::Instant::from_std(deadline);
-        let value = match tokio::time::timeout_at(at, Deadlined::new(run, deadline, limit)).await {
+        let (outcome, refusal) =
+            host::tracking_refusals(tokio::time::timeout_at(at, Deadlined::new(run, deadline, limit))).await;
+        let value = match outcome {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(self.classify(&e)),
+            Ok(Err(e)) => return Err(self.refused_or(refusal, self.classify(&e))),
             Err(_) => {
-                return Err(FetchError::PluginTimeout(format!(
+                let err = FetchError::PluginTimeout(format!(
                     "plugin {}: fetch did not finish within its timeout of {}",
                     self.plugin,
                     humantime::format_duration(limit)
-                )));
+                ));
+                return Err(self.refused_or(refusal, err));
             }
         };
         read_output(&self.lua, value)
@@ -134,6 +137,37 @@ impl PluginState {
 
     pub fn used_memory(&self) -> usize {
         self.lua.used_memory()
+    }
+
+    /// A fetch that failed after one of its `http` calls was refused (429, or
+    /// 503 with `Retry-After`) failed because of the refusal (SPEC §7).
+    fn refused_or(&self, refusal: Option<host::Refusal>, err: FetchError) -> FetchError {
+        match (refusal, err) {
+            // errors.rate_limited without seconds: the header's, if one came.
+            (
+                r,
+                FetchError::UpstreamRefused {
+                    message,
+                    retry_after: None,
+                },
+            ) => FetchError::UpstreamRefused {
+                message,
+                retry_after: r.and_then(|r| r.retry_after),
+            },
+            (_, e @ FetchError::UpstreamRefused { .. }) => e,
+            (Some(r), e) => FetchError::UpstreamRefused {
+                message: format!(
+                    "plugin {}: the upstream answered {}{} ({e})",
+                    self.plugin,
+                    r.status,
+                    r.retry_after
+                        .map(|d| format!(" with Retry-After {}s", d.as_secs()))
+                        .unwrap_or_default()
+                ),
+                retry_after: r.retry_after,
+            },
+            (None, e) => e,
+        }
     }
 
     fn classify(&self, e: &mlua::Error) -> FetchError {
@@ -146,6 +180,10 @@ impl PluginState {
                     HostError::Timeout(m) => FetchError::PluginTimeout(format!("plugin {p}: {m}{where_}")),
                     HostError::NoData(m) => FetchError::NoData(format!("plugin {p}: {m}")),
                     HostError::Limit(m) => FetchError::PluginError(format!("plugin {p}: {m}{where_}")),
+                    HostError::RateLimited { message, retry_after } => FetchError::UpstreamRefused {
+                        message: format!("plugin {p}: {message}"),
+                        retry_after: *retry_after,
+                    },
                 };
             }
             if let Some(mlua::Error::MemoryError(_)) = cause.downcast_ref::<mlua::Error>() {

@@ -2,12 +2,14 @@
 //! port, inside the test process, answering canned bodies and recording
 //! every request it gets (method, path, query, headers, body).
 //!
-//! Routes match on the path and, optionally, on query parameters; the most
-//! recently added matching route wins, so a test can change an answer midway
-//! (a 429 first, data afterwards). Anything unmatched is a 404 "no mock route".
+//! Routes match on the path (or a path prefix ending in `*`) and, optionally,
+//! on query parameters; the most recently added matching route wins, so a
+//! test can change an answer midway (a 429 first, data afterwards). Anything
+//! unmatched is a 404 "no mock route". Each request's arrival time is kept,
+//! so a test can check the rate the upstream itself saw.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Response, Uri};
@@ -21,6 +23,8 @@ pub struct Recorded {
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When the request arrived (before any canned delay).
+    pub at: Instant,
 }
 
 impl Recorded {
@@ -69,6 +73,11 @@ impl Canned {
 
     pub fn text(status: u16, body: &str) -> Self {
         Self::new(status, "text/plain;charset=utf-8", body)
+    }
+
+    /// `429 Too Many Requests` with `Retry-After: secs`, as rate-limited APIs answer.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        Self::text(429, "Too Many Requests\r\n").header("retry-after", &retry_after_secs.to_string())
     }
 
     /// Waits this long before answering.
@@ -149,6 +158,15 @@ impl MockUpstream {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Arrival times of every request whose path starts with `prefix`, oldest first.
+    pub fn arrivals(&self, prefix: &str) -> Vec<Instant> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .map(|r| r.at)
+            .collect()
+    }
+
     /// Requests whose path is `path`.
     pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
         self.requests().into_iter().filter(|r| r.path == path).collect()
@@ -180,6 +198,7 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, headers: HeaderM
             })
             .collect(),
         body: body.to_vec(),
+        at: Instant::now(),
     };
     let canned = {
         let mut st = state.lock().unwrap();
@@ -188,7 +207,11 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, headers: HeaderM
             .iter()
             .rev()
             .find(|r| {
-                r.path == rec.path
+                let path_ok = match r.path.strip_suffix('*') {
+                    Some(prefix) => rec.path.starts_with(prefix),
+                    None => r.path == rec.path,
+                };
+                path_ok
                     && r.params
                         .iter()
                         .all(|(k, v)| rec.param(k).as_deref() == Some(v.as_str()))

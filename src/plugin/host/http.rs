@@ -343,6 +343,17 @@ async fn perform(ctx: &HostCtx, call: Call) -> Result<Answer, HostError> {
             return Err(limit_msg("announces more than"));
         }
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| super::parse_retry_after(v, std::time::SystemTime::now()));
+        if status == 429 || (status == 503 && retry_after.is_some()) {
+            super::note_refusal(super::Refusal {
+                status,
+                retry_after: retry_after.flatten(),
+            });
+        }
         let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
         for (name, value) in resp.headers() {
             let name = name.as_str().to_ascii_lowercase();

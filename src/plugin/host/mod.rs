@@ -11,6 +11,7 @@ mod json;
 mod log;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mlua::Lua;
@@ -34,6 +35,68 @@ pub enum HostError {
     /// A configured limit other than time (body size, allow-list).
     #[error("{0}")]
     Limit(String),
+    /// `errors.rate_limited(msg, secs)`: the source refused us for a while.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// An upstream refusal seen by an `http` call during one fetch: a 429, or a
+/// 503 that carried `Retry-After`. If the fetch then fails, the failure is
+/// the refusal (SPEC §7), whatever the plugin made of the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// What `Retry-After` said, when it said something readable.
+    pub retry_after: Option<Duration>,
+}
+
+tokio::task_local! {
+    /// The refusal of the fetch running in this task, if any. Each fetch runs
+    /// in its own task on its worker thread (`worker.rs`), so interleaved
+    /// fetches on one Lua state never see each other's answers.
+    static REFUSAL: std::cell::RefCell<Option<Refusal>>;
+}
+
+/// Runs one fetch with a fresh refusal record; returns what it recorded.
+pub async fn tracking_refusals<F: std::future::Future>(f: F) -> (F::Output, Option<Refusal>) {
+    REFUSAL
+        .scope(std::cell::RefCell::new(None), async move {
+            let out = f.await;
+            let seen = REFUSAL.with(|r| r.borrow_mut().take());
+            (out, seen)
+        })
+        .await
+}
+
+/// Notes a refusal for the current fetch (no-op outside [`tracking_refusals`]).
+fn note_refusal(r: Refusal) {
+    let _ = REFUSAL.try_with(|slot| {
+        let mut slot = slot.borrow_mut();
+        // The longest Retry-After of the fetch wins.
+        let longer = match (&*slot, r.retry_after) {
+            (None, _) => true,
+            (Some(old), Some(new)) => old.retry_after.is_none_or(|o| new > o),
+            (Some(_), None) => false,
+        };
+        if longer {
+            *slot = Some(r);
+        }
+    });
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3);
+/// `None` when absent or unreadable.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let at = std::time::SystemTime::from(at);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// What host modules need to know about the plugin they serve.
@@ -76,4 +139,44 @@ pub fn install(lua: &Lua, ctx: &HostCtx) -> mlua::Result<()> {
     http::install(lua, ctx)?;
     errors::install(lua)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        // 2023-11-14T22:13:20Z is 1_700_000_000; thirty seconds later:
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[tokio::test]
+    async fn refusals_belong_to_their_own_fetch() {
+        let r = |s: u64| Refusal {
+            status: 429,
+            retry_after: Some(Duration::from_secs(s)),
+        };
+        let ((), seen) = tracking_refusals(async {
+            note_refusal(r(5));
+            note_refusal(r(30));
+            note_refusal(r(10));
+        })
+        .await;
+        assert_eq!(seen, Some(r(30)), "the longest Retry-After wins");
+        let ((), seen) = tracking_refusals(async {}).await;
+        assert_eq!(seen, None);
+        note_refusal(r(1)); // outside a fetch: ignored, no panic
+    }
 }
