@@ -1,7 +1,7 @@
 //! The command line (README, "Quick tour"): `serve`, `fetch`, `invalidate`, `check`, `plugins`.
 //! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,7 +11,7 @@ use crate::config::{Config, Flags};
 use crate::daemon::Daemon;
 use crate::model::{DateRange, PluginName, Ticker};
 use crate::pipeline::DataRequest;
-use crate::plugin::{Settings, check_source, is_meta_file, sha256_hex};
+use crate::plugin::{PluginFile, Settings, check_source, is_meta_file, list_plugin_files, sha256_hex};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -251,32 +251,29 @@ fn invalidate(
     })
 }
 
-/// `(name, path)` of `*.lua` files directly in `dir`.
-fn plugin_files(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let p = e.path();
-            let stem = p.file_name()?.to_str()?.strip_suffix(".lua")?.to_owned();
-            std::fs::metadata(&p).ok()?.is_file().then_some((stem, p))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 fn check(paths: &[PathBuf]) -> ExitCode {
     let mut files = Vec::new();
+    let mut problems = 0;
     for p in paths {
-        if p.is_dir() {
-            files.extend(plugin_files(p).into_iter().map(|(_, f)| f));
-        } else {
+        if !p.is_dir() {
             files.push(p.clone());
+            continue;
+        }
+        match list_plugin_files(p) {
+            Ok(listed) => {
+                for (path, why) in listed.bad_names {
+                    println!("{}:1: {why}", path.display());
+                    problems += 1;
+                }
+                files.extend(listed.files.into_iter().map(|f| f.path));
+            }
+            Err(e) => {
+                println!("{}:1: cannot read the directory: {e}", p.display());
+                problems += 1;
+            }
         }
     }
-    if files.is_empty() {
+    if files.is_empty() && problems == 0 {
         eprintln!(
             "tickerd: no plugin files found in {}",
             paths
@@ -287,7 +284,6 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    let mut problems = 0;
     let mut checked = 0;
     for file in files {
         let display = file.display().to_string();
@@ -327,23 +323,32 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn plugins(config: &Config) -> ExitCode {
-    let files = plugin_files(&config.plugins_dir);
+    let files = match list_plugin_files(&config.plugins_dir) {
+        Ok(listed) => listed.files,
+        Err(e) => {
+            eprintln!("tickerd: cannot read {}: {e}", config.plugins_dir.display());
+            return ExitCode::from(1);
+        }
+    };
     println!(
         "{:<16} {:>8} {:<12} {:<6} DESCRIPTION",
         "NAME", "TTL", "VERSION", "STATUS"
     );
     let mut failed = false;
-    for (name, file) in files {
-        let Ok(source) = std::fs::read_to_string(&file) else {
+    for PluginFile {
+        name,
+        path: file,
+        source,
+    } in files
+    {
+        let Ok(source) = source else {
             continue;
         };
-        if is_meta_file(&source) {
-            continue;
-        }
+        let name = name.as_str();
         let version = sha256_hex(source.as_bytes());
-        match check_source(&name, &file.display().to_string(), &source) {
+        match check_source(name, &file.display().to_string(), &source) {
             Ok(m) => {
-                let s = Settings::effective(&m, &config.plugin_overrides(&name), config.cache.default_ttl);
+                let s = Settings::effective(&m, &config.plugin_overrides(name), config.cache.default_ttl);
                 println!(
                     "{:<16} {:>8} {:<12} {:<6} {}",
                     name,

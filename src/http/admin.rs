@@ -96,3 +96,32 @@ pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Jso
     let outcome = d.reload_all().await;
     Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(raw: &str) -> String {
+        match parse_selector(Some(raw)) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("{raw}: expected a 400, got {:?}", other.map(|s| (s.plugin, s.ticker))),
+        }
+    }
+
+    #[test]
+    fn a_selector_names_what_to_delete() {
+        let s = parse_selector(Some("plugin=yahoo&ticker=aapl")).unwrap();
+        assert_eq!(s.plugin.unwrap().as_str(), "yahoo");
+        assert_eq!(s.ticker.unwrap().as_str(), "AAPL");
+        assert!(s.range.is_none());
+        let s = parse_selector(Some("ticker=MSFT&start=2024-01-01&end=2024-01-31")).unwrap();
+        assert!(s.plugin.is_none());
+        assert_eq!(s.range.unwrap().to_string(), "2024-01-01..2024-01-31");
+        assert_eq!(field(""), "plugin", "nothing selected deletes nothing");
+        assert_eq!(field("start=2024-01-01&end=2024-01-02"), "plugin");
+        assert_eq!(field("plugin=yahoo&start=2024-01-01"), "end");
+        assert_eq!(field("plugin=yahoo&end=2024-01-01"), "start");
+        assert_eq!(field("plugin=yahoo&colour=red"), "colour");
+        assert_eq!(field("ticker=BAD:TICKER"), "ticker");
+    }
+}

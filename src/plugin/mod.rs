@@ -2,6 +2,7 @@
 //! threads, a pool per plugin, and the registry of loaded plugins.
 
 mod convert;
+mod files;
 pub mod host;
 mod manifest;
 mod output;
@@ -22,6 +23,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+pub use files::{PluginDir, PluginFile, list_plugin_files};
 pub use manifest::Manifest;
 pub use output::RawOutput;
 pub use registry::{PluginSlot, PluginStatus, Registry, ScanReport};

@@ -6,17 +6,17 @@
 //! good version serving and records the error on its slot.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use super::{Plugin, is_meta_file, sha256_hex};
+use super::files::{PluginFile, list_plugin_files};
+use super::{Plugin, sha256_hex};
 use crate::config::PluginOverrides;
 use crate::metrics::Metrics;
-use crate::model::PluginName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginStatus {
@@ -121,22 +121,29 @@ impl Registry {
         let _one_at_a_time = self.scan_lock.lock().await;
         let dir = self.dir();
         let mut report = ScanReport::default();
-        let files = match list_plugin_files(&dir) {
-            Ok(f) => f,
+        let listed = match list_plugin_files(&dir) {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugins directory; keeping the plugins already loaded (check the path and its permissions)");
                 return report;
             }
         };
+        for (path, why) in &listed.bad_names {
+            tracing::warn!(file = %path.display(), "skipping: {why}");
+        }
         let before = self.slots.load_full();
         let mut next: BTreeMap<String, Arc<PluginSlot>> = BTreeMap::new();
-        for (name, path, source) in files {
-            let Some(source) = source else {
-                // Unreadable right now (mid-save, permissions): keep what serves.
-                if let Some(old) = before.get(name.as_str()) {
-                    next.insert(name.to_string(), Arc::clone(old));
+        for PluginFile { name, path, source } in listed.files {
+            let source = match source {
+                Ok(s) => s,
+                Err(e) => {
+                    // Unreadable right now (mid-save, permissions): keep what serves.
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read plugin file; keeping its current version this scan");
+                    if let Some(old) = before.get(name.as_str()) {
+                        next.insert(name.to_string(), Arc::clone(old));
+                    }
+                    continue;
                 }
-                continue;
             };
             let hash = sha256_hex(source.as_bytes());
             if let Some(old) = before.get(name.as_str())
@@ -207,48 +214,85 @@ impl Registry {
     }
 }
 
-/// `*.lua` regular files (or symlinks to them) directly in `dir`, with valid
-/// names, skipping LuaLS `---@meta` files. Subdirectories are never plugins.
-type Listed = (PluginName, PathBuf, Option<String>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn list_plugin_files(dir: &Path) -> std::io::Result<Vec<Listed>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let fname = entry.file_name();
-        let Some(fname) = fname.to_str() else { continue };
-        let Some(stem) = fname.strip_suffix(".lua") else {
-            continue;
-        };
-        if fname.starts_with('.') {
-            continue;
-        }
-        // metadata() follows symlinks: a ConfigMap's name.lua -> ..data/name.lua is a file.
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => {}
-            _ => continue,
-        }
-        let name = match PluginName::parse(stem) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), "skipping: {}", e.message);
-                continue;
-            }
-        };
-        let source = match std::fs::read(&path) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read plugin file; keeping its current version this scan");
-                out.push((name, path, None));
-                continue;
-            }
-        };
-        if is_meta_file(&source) {
-            continue;
-        }
-        out.push((name, path, Some(source)));
+    const GOOD: &str = "return { fetch = function(req) return { bars = {} } end }";
+
+    fn registry(dir: &std::path::Path) -> Arc<Registry> {
+        Registry::new(
+            dir.to_path_buf(),
+            BTreeMap::new(),
+            Duration::from_secs(60),
+            Metrics::new(),
+        )
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+
+    #[tokio::test]
+    async fn a_rescan_loads_new_keeps_unchanged_reloads_changed_and_unloads_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: &str| dir.path().join(format!("{n}.lua"));
+        std::fs::write(file("a"), GOOD).unwrap();
+        std::fs::write(file("b"), GOOD).unwrap();
+        let r = registry(dir.path());
+
+        let first = r.rescan().await;
+        assert_eq!(
+            (first.loaded.clone(), first.unchanged),
+            (vec!["a".into(), "b".into()], 0)
+        );
+        let a_version = r.get("a").unwrap().current.clone().unwrap();
+
+        let again = r.rescan().await;
+        assert!(again.loaded.is_empty() && again.failed.is_empty() && again.unloaded.is_empty());
+        assert_eq!(again.unchanged, 2);
+        assert!(
+            Arc::ptr_eq(&a_version, r.get("a").unwrap().current.as_ref().unwrap()),
+            "unchanged content keeps the loaded version"
+        );
+
+        std::fs::write(file("a"), format!("{GOOD}\n-- edited")).unwrap();
+        std::fs::remove_file(file("b")).unwrap();
+        let changed = r.rescan().await;
+        assert_eq!(changed.loaded, ["a"]);
+        assert_eq!(changed.unloaded, ["b"]);
+        assert!(r.get("b").is_none());
+        assert_ne!(r.get("a").unwrap().current.as_ref().unwrap().version, a_version.version);
+    }
+
+    #[tokio::test]
+    async fn a_broken_edit_keeps_the_last_good_version_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.lua");
+        std::fs::write(&path, GOOD).unwrap();
+        let r = registry(dir.path());
+        r.rescan().await;
+        let good = r.get("p").unwrap().current.clone().unwrap();
+
+        std::fs::write(&path, "return { fetch = ").unwrap();
+        let report = r.rescan().await;
+        assert_eq!(report.failed, ["p"]);
+        let slot = r.get("p").unwrap();
+        assert_eq!(slot.status, PluginStatus::Error);
+        assert!(slot.last_error.is_some());
+        assert!(Arc::ptr_eq(&good, slot.current.as_ref().unwrap()));
+
+        // The same broken content is not retried; a fix loads.
+        assert_eq!(r.rescan().await.unchanged, 1);
+        std::fs::write(&path, GOOD).unwrap();
+        assert_eq!(r.rescan().await.loaded, ["p"]);
+        assert_eq!(r.get("p").unwrap().status, PluginStatus::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_never_loaded_has_a_slot_without_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.lua"), "error('boom')").unwrap();
+        let r = registry(dir.path());
+        assert_eq!(r.rescan().await.failed, ["bad"]);
+        let slot = r.get("bad").unwrap();
+        assert!(slot.current.is_none());
+        assert!(slot.last_error.as_deref().unwrap().contains("boom"));
+    }
 }
