@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::mock_upstream::{Canned, Gate, MockUpstream};
 use common::{DaemonBuilder, RedisServer, expect_metric, metric, wait_for};
 use serde_json::Value;
 
@@ -128,6 +129,7 @@ async fn miss_then_hit_from_redis_with_ttl_set_and_metrics_moving() {
         Some(2.0)
     );
     assert_eq!(metric(&after, "redis_up", &[]), Some(1.0));
+    assert_eq!(metric(&after, "redis_breaker_trips_total", &[]), Some(0.0));
     assert_eq!(metric(&after, "plugins_loaded", &[]), Some(1.0));
 
     let (s, stats) = d.get_json("/v1/stats").await;
@@ -217,17 +219,57 @@ async fn each_bad_request_is_a_400_naming_the_field() {
     assert_eq!(r.status(), 405);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
-    // Defaults: no dates means yesterday..yesterday, lower-case ticker is upper-cased.
-    let (s, body) = d.get_json("/v1/data/synthetic/msft").await;
-    assert!(s == 200 || s == 404, "{body}");
-    let yesterday = (chrono::Utc::now().date_naive() - chrono::Days::new(1)).to_string();
-    if s == 200 {
-        assert_eq!(body["start"], yesterday);
-        assert_eq!(body["end"], yesterday);
-        assert_eq!(body["ticker"], "MSFT");
-    } else {
-        assert_eq!(body["error"]["code"], "no_data", "a weekend yesterday has no bars");
+}
+
+/// Answers one bar on `req.start_date` whatever the day (synthetic has no
+/// bars on weekends) and reports what it was asked in `meta` and in the
+/// bar's `volume` (the number of days asked).
+const ECHO: &str = r#"
+return {
+  ttl = "1h",
+  fetch = function(req)
+    local days = (date.parse(req.end_date) - date.parse(req.start_date)) // 86400 + 1
+    return {
+      bars = { { date = req.start_date, open = 1, high = 1, low = 1, close = 1, volume = days } },
+      meta = { ticker = req.ticker, start_date = req.start_date, end_date = req.end_date },
     }
+  end,
+}
+"#;
+
+#[tokio::test]
+async fn no_dates_mean_yesterday_and_the_ticker_is_upper_cased() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).plugin("echo", ECHO).start().await;
+    let yesterday = || (chrono::Utc::now().date_naive() - chrono::Days::new(1)).to_string();
+    let before = yesterday();
+    let (s, body) = d.get_json("/v1/data/echo/msft").await;
+    let after = yesterday();
+    assert_eq!(s, 200, "{body}");
+    // Midnight UTC may pass during the request.
+    let day = body["start"].as_str().unwrap_or("").to_owned();
+    assert!(day == before || day == after, "start {day}, yesterday {before}");
+    assert_eq!(body["end"], day.as_str(), "{body}");
+    assert_eq!(body["ticker"], "MSFT", "{body}");
+    assert_eq!(body["bars"][0]["date"], day.as_str(), "{body}");
+    assert_eq!(body["bars"][0]["volume"], 1, "the plugin was asked one day: {body}");
+    // What the plugin itself was given.
+    assert_eq!(body["meta"]["ticker"], "MSFT", "{body}");
+    assert_eq!(body["meta"]["start_date"], day.as_str(), "{body}");
+    assert_eq!(body["meta"]["end_date"], day.as_str(), "{body}");
+
+    // Only `start`: the range ends today.
+    let today = chrono::Utc::now().date_naive();
+    let start = today - chrono::Days::new(3);
+    let (s, body) = d.get_json(&format!("/v1/data/echo/ibm?start={start}")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["start"], start.to_string());
+    let end = body["end"].as_str().unwrap_or("").to_owned();
+    assert!(
+        end == today.to_string() || end == (today + chrono::Days::new(1)).to_string(),
+        "end {end}, today {today}"
+    );
+    assert_eq!(body["ticker"], "IBM");
 }
 
 #[tokio::test]
@@ -301,25 +343,49 @@ async fn invalidate_by_plugin_ticker_and_exact_range() {
     assert_eq!(data(&d, paths[2]).await.1, "MISS");
 }
 
+/// One bar whose prices are the mock's answer: the number of the call, so
+/// every fetch gives a different bar.
+const NUMBERED: &str = r#"
+return {
+  ttl = "1h",
+  env = { "MOCK" },
+  fetch = function(req)
+    local res = http.get(env.get("MOCK") .. "/n", { query = { t = req.ticker } })
+    if res.status ~= 200 then error("mock answered " .. res.status) end
+    local n = tonumber(res.body)
+    return { bars = { { date = req.start_date, open = n, high = n, low = n, close = n } } }
+  end,
+}
+"#;
+
 #[tokio::test]
 async fn refresh_bypasses_the_read_and_overwrites() {
+    let mock = MockUpstream::start().await;
+    mock.on("/n", Canned::text(200, "{call}").numbered());
     let redis = RedisServer::start();
-    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
-    assert_eq!(data(&d, JAN).await.1, "MISS");
-    let (s, x, body) = data(&d, &format!("{JAN}&refresh=true")).await;
-    assert_eq!((s, x.as_str()), (200, "BYPASS"));
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("numbered", NUMBERED)
+        .env("MOCK", &mock.base)
+        .start()
+        .await;
+    let path = "/v1/data/numbered/AAPL?start=2024-01-02&end=2024-01-02";
+    let (s, x, body) = data(&d, path).await;
+    assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
+    assert_eq!(body["bars"][0]["close"], 1.0);
+    let (s, x, body) = data(&d, path).await;
+    assert_eq!((s, x.as_str()), (200, "HIT"), "{body}");
+    assert_eq!(body["bars"][0]["close"], 1.0);
+
+    let (s, x, body) = data(&d, &format!("{path}&refresh=true")).await;
+    assert_eq!((s, x.as_str()), (200, "BYPASS"), "{body}");
     assert_eq!(body["cache"]["status"], "bypass");
-    let m = d.metrics().await;
-    assert_eq!(
-        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "synthetic")]),
-        Some(2.0)
-    );
-    let (_, x, body2) = data(&d, JAN).await;
-    assert_eq!(x, "HIT");
-    assert_eq!(
-        body2["fetched_at"], body["fetched_at"],
-        "the refresh overwrote the entry"
-    );
+    assert_eq!(body["bars"][0]["close"], 2.0, "the refresh asked the plugin again");
+    assert_eq!(mock.count("/n"), 2);
+
+    let (s, x, body) = data(&d, path).await;
+    assert_eq!((s, x.as_str()), (200, "HIT"), "{body}");
+    assert_eq!(body["bars"][0]["close"], 2.0, "the refresh overwrote the cached bar");
+    assert_eq!(mock.count("/n"), 2, "the read after the refresh was a hit");
 }
 
 #[tokio::test]
@@ -377,26 +443,49 @@ async fn a_corrupt_value_is_a_miss_counted_as_an_error_then_overwritten() {
     assert_eq!(data(&d, JAN).await.1, "HIT");
 }
 
-const SLOW_PLUGIN: &str = r#"
+/// One bar, after the mock's `/gate` answers: a test holds the fetch there.
+const GATED: &str = r#"
 return {
-  description = "busy for 300 ms, then one bar",
   ttl = "1h",
+  timeout = "60s",
+  env = { "MOCK" },
   fetch = function(req)
-    local t = os.clock()
-    while os.clock() - t < 0.3 do end
+    local res = http.get(env.get("MOCK") .. "/gate", { timeout = "60s" })
+    if res.status ~= 200 then error("mock answered " .. res.status) end
     return { bars = { { date = req.start_date, open = 1, high = 2, low = 0.5, close = 1.5, volume = 10 } } }
   end,
 }
 "#;
 
-#[tokio::test]
-async fn fifty_concurrent_misses_make_one_plugin_call() {
+/// A daemon with the gated plugin, its mock (holding every fetch on `gate`) and Redis.
+async fn gated_daemon(gate: &Gate) -> (common::Daemon, MockUpstream, RedisServer) {
+    let mock = MockUpstream::start().await;
+    mock.on("/gate", Canned::text(200, "ok").gated(gate));
     let redis = RedisServer::start();
     let d = DaemonBuilder::new(&redis.url())
-        .plugin("slow", SLOW_PLUGIN)
+        .plugin("gated", GATED)
+        .env("MOCK", &mock.base)
         .start()
         .await;
-    let path = "/v1/data/slow/AAPL?start=2024-01-02&end=2024-01-02";
+    (d, mock, redis)
+}
+
+/// Waits until `n` requests have reached the pipeline (`stock_requests_total`
+/// counts a request as it arrives; `fetch_coalesced_total` only once the
+/// fetch it waited for is over).
+async fn wait_arrived(d: &common::Daemon, n: f64) {
+    wait_for(&format!("{n} requests to arrive"), Duration::from_secs(30), || async {
+        let m = d.metrics().await;
+        (metric(&m, "stock_requests_total", &[("plugin", "gated")]) == Some(n)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_misses_make_one_plugin_call() {
+    let gate = Gate::new();
+    let (d, mock, _redis) = gated_daemon(&gate).await;
+    let path = "/v1/data/gated/AAPL?start=2024-01-02&end=2024-01-02";
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (http, url) = (d.http.clone(), d.url(path));
@@ -405,25 +494,26 @@ async fn fifty_concurrent_misses_make_one_plugin_call() {
             (r.status().as_u16(), r.headers()["x-cache"].to_str().unwrap().to_owned())
         }));
     }
-    let mut misses = 0;
+    // Every request is in while the one fetch is held at the mock.
+    wait_arrived(&d, 50.0).await;
+    wait_for("the fetch to reach the mock", Duration::from_secs(30), || async {
+        (mock.in_flight() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(mock.count("/gate"), 1, "one plugin call while 49 wait");
+    gate.open();
     for t in tasks {
         let (s, x) = t.await.unwrap();
-        assert_eq!(s, 200);
-        misses += usize::from(x == "MISS");
+        assert_eq!((s, x.as_str()), (200, "MISS"));
     }
+    assert_eq!(mock.count("/gate"), 1, "one upstream call in all");
     let m = d.metrics().await;
+    assert_eq!(metric(&m, "fetch_coalesced_total", &[("plugin", "gated")]), Some(49.0));
     assert_eq!(
-        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "slow")]),
+        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "gated")]),
         Some(1.0),
         "one plugin call"
     );
-    let coalesced = expect_metric(&m, "fetch_coalesced_total", &[("plugin", "slow")]);
-    assert_eq!(
-        coalesced as usize + 1,
-        misses,
-        "every other miss waited for the one call"
-    );
-    assert!(misses >= 2, "the requests overlapped ({misses} misses)");
 }
 
 /// Calls of one Redis command so far (`INFO commandstats`).
@@ -440,21 +530,15 @@ fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
 
 #[tokio::test]
 async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
-    let redis = RedisServer::start();
-    let d = DaemonBuilder::new(&redis.url())
-        .plugin("slow", SLOW_PLUGIN)
-        .start()
-        .await;
-    let path = "/v1/data/slow/MSFT?start=2024-01-02&end=2024-01-02";
+    let gate = Gate::new();
+    let (d, mock, redis) = gated_daemon(&gate).await;
+    let path = "/v1/data/gated/MSFT?start=2024-01-02&end=2024-01-02";
     let (http, url) = (d.http.clone(), d.url(path));
     let first = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
     wait_for(
-        "the first request's fetch to be running",
-        Duration::from_secs(5),
-        || async {
-            let (_, stats) = d.get_json("/v1/stats").await;
-            (stats["inflight_fetches"] == 1).then_some(())
-        },
+        "the first request's fetch to be held at the mock",
+        Duration::from_secs(30),
+        || async { (mock.in_flight() == 1).then_some(()) },
     )
     .await;
     let reads_before = redis_calls(&redis, "hmget");
@@ -468,6 +552,8 @@ async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
             })
         })
         .collect();
+    wait_arrived(&d, 21.0).await;
+    gate.open();
     for f in followers {
         let (s, x, body) = f.await.unwrap();
         assert_eq!((s, x.as_str()), (200, "MISS"), "{body}");
@@ -479,13 +565,14 @@ async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
         reads_before,
         "followers of a running miss read redis"
     );
+    assert_eq!(mock.count("/gate"), 1);
     let m = d.metrics().await;
     assert_eq!(
-        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "slow")]),
+        metric(&m, "plugin_fetch_duration_seconds_count", &[("plugin", "gated")]),
         Some(1.0)
     );
-    assert_eq!(metric(&m, "fetch_coalesced_total", &[("plugin", "slow")]), Some(20.0));
-    assert_eq!(metric(&m, "cache_misses_total", &[("plugin", "slow")]), Some(21.0));
+    assert_eq!(metric(&m, "fetch_coalesced_total", &[("plugin", "gated")]), Some(20.0));
+    assert_eq!(metric(&m, "cache_misses_total", &[("plugin", "gated")]), Some(21.0));
 }
 
 #[tokio::test]
@@ -529,7 +616,12 @@ async fn redis_killed_mid_test_then_back() {
     let (s, x, body) = data(&d, JAN).await;
     assert_eq!((s, x.as_str()), (200, "HIT"));
     assert_eq!(body["cache"]["layer"], "memory");
-    assert_eq!(metric(&d.metrics().await, "redis_up", &[]), Some(0.0));
+    let m = d.metrics().await;
+    assert_eq!(metric(&m, "redis_up", &[]), Some(0.0));
+    assert!(
+        expect_metric(&m, "redis_breaker_trips_total", &[]) >= 1.0,
+        "the outage opened the breaker"
+    );
 
     redis.restart();
     wait_for("redis_up to return to 1", Duration::from_secs(10), || async {

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::mock_upstream::{Canned, Gate, MockUpstream};
 use common::{Daemon, DaemonBuilder, RedisServer, metric, wait_for};
 use serde_json::Value;
 
@@ -49,6 +50,14 @@ async fn start(redis: &RedisServer) -> Daemon {
         .plugin("p", &plugin_src("A"))
         .start()
         .await
+}
+
+/// Replaces a file by rename, as editors do, so a watcher never reads it
+/// half-written (a truncated config is a valid, different config).
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-save");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn write(dir: &Path, name: &str, src: &str) {
@@ -224,35 +233,51 @@ async fn unchanged_content_and_non_plugin_files_do_nothing() {
     assert_eq!(metric(&m, "plugins_loaded", &[]), Some(2.0));
 }
 
-const SLOW: &str = r#"
+/// Holds its fetch of AAPL at the mock's `/gate` until the test opens it.
+const HELD: &str = r#"
 return {
   ttl = "1h",
+  timeout = "60s",
+  env = { "MOCK" },
   fetch = function(req)
-    local t = os.clock()
-    while os.clock() - t < 0.8 do end
-    return { bars = { { date = req.start_date, open = 1, high = 2, low = 0.5, close = 1.5 } }, meta = { v = "SLOW" } }
+    if req.ticker == "AAPL" then http.get(env.get("MOCK") .. "/gate", { timeout = "60s" }) end
+    return { bars = { { date = req.start_date, open = 1, high = 2, low = 0.5, close = 1.5 } }, meta = { v = "HELD" } }
   end,
 }
 "#;
 
 #[tokio::test]
 async fn a_request_in_flight_finishes_on_its_version() {
+    let gate = Gate::new();
+    let mock = MockUpstream::start().await;
+    mock.on("/gate", Canned::text(200, "ok").gated(&gate));
     let redis = RedisServer::start();
-    let d = DaemonBuilder::new(&redis.url()).plugin("p", SLOW).start().await;
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("p", HELD)
+        .env("MOCK", &mock.base)
+        .start()
+        .await;
     let (http, url) = (d.http.clone(), d.url(PATH));
     let inflight = tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() });
-    // Wait until the fetch has started, then save a new version.
-    wait_for("the slow fetch to be in flight", Duration::from_secs(5), || async {
-        let (_, s) = d.get_json("/v1/stats").await;
-        (s["inflight_fetches"] == 1).then_some(())
+    wait_for("the fetch to be held at the mock", Duration::from_secs(30), || async {
+        (mock.in_flight() == 1).then_some(())
     })
     .await;
+    // A new version is swapped in and serves (another ticker: this one's
+    // fetch holds the lock) while the old fetch is held.
     write(&d.plugins_dir, "p.lua", &plugin_src("NEW"));
-    wait_version(&d, PATH, "NEW").await;
+    wait_version(
+        &d,
+        "/v1/data/p/MSFT?start=2024-01-02&end=2024-01-02&refresh=true",
+        "NEW",
+    )
+    .await;
+    assert!(!inflight.is_finished(), "the held request is still in flight");
+    gate.open();
     let old = inflight.await.unwrap();
     assert_eq!(
-        old["meta"]["v"], "SLOW",
-        "the in-flight request finished on its version"
+        old["meta"]["v"], "HELD",
+        "the in-flight request finished on its version: {old}"
     );
 }
 
@@ -274,7 +299,7 @@ async fn config_changes_apply_at_once() {
     let text = std::fs::read_to_string(&cfg_path)
         .unwrap()
         .replace("ttl = \"100s\"", "ttl = \"200s\"");
-    std::fs::write(&cfg_path, text).unwrap();
+    write_atomically(&cfg_path, &text);
     wait_for("ttl 200 to apply", Duration::from_secs(10), || async {
         (plugin_info(&d, "p").await.1["ttl_s"] == 200).then_some(())
     })
@@ -285,7 +310,7 @@ async fn config_changes_apply_at_once() {
     let text = std::fs::read_to_string(&cfg_path)
         .unwrap()
         .replace("ttl = \"200s\"", "ttl = \"whenever\"");
-    std::fs::write(&cfg_path, text).unwrap();
+    write_atomically(&cfg_path, &text);
     wait_for("the bad config to be reported", Duration::from_secs(10), || async {
         d.log().contains("keeping the running config").then_some(())
     })
@@ -294,34 +319,65 @@ async fn config_changes_apply_at_once() {
 }
 
 #[tokio::test]
-async fn poll_mode_sighup_and_reload_route_rescan() {
+async fn poll_mode_picks_up_a_changed_file() {
     let redis = RedisServer::start();
     let d = DaemonBuilder::new(&redis.url())
         .plugin("p", &plugin_src("A"))
         .arg("--poll")
+        .config("poll_interval = \"200ms\"\n")
         .start()
         .await;
     write(&d.plugins_dir, "p.lua", &plugin_src("B"));
     wait_version(&d, PATH, "B").await;
-    // POST /v1/reload reports what it did.
+}
+
+/// A daemon whose watcher polls once an hour: a file written after start
+/// reaches it only through `POST /v1/reload` or `SIGHUP`.
+async fn start_without_watcher(redis: &RedisServer) -> Daemon {
+    DaemonBuilder::new(&redis.url())
+        .plugin("p", &plugin_src("A"))
+        .arg("--poll")
+        .config("poll_interval = \"1h\"\n")
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn post_reload_rescans_and_reports_what_it_loaded() {
+    let redis = RedisServer::start();
+    let d = start_without_watcher(&redis).await;
     write(&d.plugins_dir, "r.lua", &plugin_src("R"));
-    let r: Value = d
-        .http
-        .post(d.url("/v1/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let loaded = r["plugins"]["loaded"].as_array().cloned().unwrap_or_default();
-    let known = loaded.iter().any(|v| v == "r") || plugin_info(&d, "r").await.0 == 200;
-    assert!(known, "{r}");
-    // SIGHUP too.
+    write(&d.plugins_dir, "p.lua", &plugin_src("B"));
+    assert_eq!(plugin_info(&d, "r").await.0, 404, "the watcher does not see new files");
+    let r = d.http.post(d.url("/v1/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = r.json().await.unwrap();
+    let loaded: Vec<&str> = r["plugins"]["loaded"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no plugins.loaded in the reload answer: {r}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(loaded.contains(&"r"), "the new file is in the answer: {r}");
+    assert!(loaded.contains(&"p"), "the changed file is in the answer: {r}");
+    // The answer is the state: no waiting needed.
+    assert_eq!(plugin_info(&d, "r").await.0, 200);
+    assert_eq!(served_version(&d, PATH).await.as_deref(), Some("B"));
+    let m = d.metrics().await;
+    assert_eq!(metric(&m, "plugins_loaded", &[]), Some(2.0));
+}
+
+#[tokio::test]
+async fn sighup_rescans() {
+    let redis = RedisServer::start();
+    let d = start_without_watcher(&redis).await;
     write(&d.plugins_dir, "s.lua", &plugin_src("S"));
+    write(&d.plugins_dir, "p.lua", &plugin_src("B"));
+    assert_eq!(plugin_info(&d, "s").await.0, 404, "the watcher does not see new files");
     d.signal("HUP");
     wait_for("s to load after SIGHUP", Duration::from_secs(10), || async {
         (plugin_info(&d, "s").await.0 == 200).then_some(())
     })
     .await;
+    wait_version(&d, PATH, "B").await;
 }

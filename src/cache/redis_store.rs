@@ -213,6 +213,7 @@ impl RedisStore {
     fn trip(&self, err: &StoreError) {
         if self.up.swap(false, Ordering::AcqRel) {
             self.metrics.redis_up.set(0);
+            self.metrics.redis_breaker_trips.inc();
             tracing::warn!(
                 redis = %self.display_url(), error = %err, backoff = ?self.cfg.backoff,
                 "redis call failed; skipping redis and serving from memory until it answers again"

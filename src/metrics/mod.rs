@@ -34,6 +34,10 @@ pub struct Metrics {
     fetched_days: IntCounterVec,
     pub plugins_loaded: IntGauge,
     pub redis_up: IntGauge,
+    /// Times the Redis breaker opened (a failed call made the daemon skip
+    /// Redis for the back-off interval), so an outage, or a breaker that
+    /// opens when it should not, shows on a dashboard and not only in logs.
+    pub redis_breaker_trips: IntCounter,
     per_plugin: RwLock<HashMap<String, Arc<PluginMetrics>>>,
     upstream_rate_limited: IntCounterVec,
     upstream_wait: HistogramVec,
@@ -126,6 +130,12 @@ fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVe
 
 /// Time waited for a turn of an upstream budget: from none to a minute.
 const WAIT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+fn plain_counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric definition is static");
+    reg.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("metric definition is static");
@@ -253,6 +263,11 @@ impl Metrics {
                 &["plugin"],
             ),
             cooldowns: Mutex::new(HashMap::new()),
+            redis_breaker_trips: plain_counter(
+                &r,
+                "redis_breaker_trips_total",
+                "Times a failed Redis call opened the breaker (Redis skipped for the back-off interval)",
+            ),
             registry: r,
             per_plugin: RwLock::new(HashMap::new()),
         })

@@ -7,6 +7,10 @@
 //! test can change an answer midway (a 429 first, data afterwards). Anything
 //! unmatched is a 404 "no mock route". Each request's arrival time is kept,
 //! so a test can check the rate the upstream itself saw.
+//!
+//! For assertions on events rather than on wall time, the mock also counts
+//! the requests it is answering right now and the peak of that count, and a
+//! [`Gate`] holds answers until the test opens it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +57,41 @@ pub struct Canned {
     pub headers: Vec<(String, String)>,
     /// Sent in 8 KiB chunks without a content-length.
     pub chunked: bool,
+    /// Held until this gate opens.
+    pub gate: Option<Gate>,
+    /// `{call}` in the body becomes the 1-based number of this request
+    /// among those the mock received for the same path.
+    pub numbered: bool,
+}
+
+/// Holds the answers of the routes it is given to until [`Gate::open`].
+#[derive(Debug, Clone)]
+pub struct Gate {
+    tx: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self {
+            tx: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Lets every held and later request through.
+    pub fn open(&self) {
+        self.tx.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Canned {
@@ -64,6 +103,8 @@ impl Canned {
             delay: Duration::ZERO,
             headers: Vec::new(),
             chunked: false,
+            gate: None,
+            numbered: false,
         }
     }
 
@@ -92,6 +133,18 @@ impl Canned {
         self
     }
 
+    /// Holds the answer until `gate` opens.
+    pub fn gated(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
+        self
+    }
+
+    /// Replaces `{call}` in the body with the request's number on its path.
+    pub fn numbered(mut self) -> Self {
+        self.numbered = true;
+        self
+    }
+
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.to_owned(), v.to_owned()));
         self
@@ -108,6 +161,10 @@ struct Route {
 struct State {
     routes: Vec<Route>,
     requests: Vec<Recorded>,
+    /// Requests received and not yet answered.
+    in_flight: usize,
+    /// The most requests ever in flight at once.
+    peak: usize,
 }
 
 pub struct MockUpstream {
@@ -175,6 +232,16 @@ impl MockUpstream {
     pub fn count(&self, path: &str) -> usize {
         self.requests_to(path).len()
     }
+
+    /// Requests received and not answered yet (held by a gate or a delay).
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().unwrap().in_flight
+    }
+
+    /// The most requests the mock was answering at once so far.
+    pub fn peak(&self) -> usize {
+        self.state.lock().unwrap().peak
+    }
 }
 
 impl Drop for MockUpstream {
@@ -218,9 +285,31 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, headers: HeaderM
             })
             .map(|r| r.answer.clone());
         st.requests.push(rec.clone());
-        found
+        st.in_flight += 1;
+        st.peak = st.peak.max(st.in_flight);
+        let call = st.requests.iter().filter(|r| r.path == rec.path).count();
+        found.map(|c| (c, call))
     };
+    // Counted out when this function returns or its connection goes away.
+    struct InFlight<'a>(&'a Mutex<State>);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            st.in_flight = st.in_flight.saturating_sub(1);
+        }
+    }
+    let _counted = InFlight(state);
+    let canned = canned.map(|(mut c, call)| {
+        if c.numbered {
+            let body = String::from_utf8_lossy(&c.body).replace("{call}", &call.to_string());
+            c.body = body.into_bytes();
+        }
+        c
+    });
     let canned = canned.unwrap_or_else(|| Canned::text(404, &format!("no mock route for {} {}", rec.method, rec.path)));
+    if let Some(gate) = &canned.gate {
+        gate.passed().await;
+    }
     if !canned.delay.is_zero() {
         tokio::time::sleep(canned.delay).await;
     }
