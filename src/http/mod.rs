@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
-pub use cores::{Cores, default_threads as default_http_threads, start as serve_per_core};
+pub use cores::{default_threads as default_http_threads, start as serve_per_core};
 pub use error::ApiError;
 
 use crate::daemon::Daemon;

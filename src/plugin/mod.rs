@@ -23,10 +23,10 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-pub use files::{PluginDir, PluginFile, list_plugin_files};
+pub use files::{PluginFile, list_plugin_files};
 pub use manifest::Manifest;
 pub use output::RawOutput;
-pub use registry::{PluginSlot, PluginStatus, Registry, ScanReport};
+pub use registry::{PluginSlot, Registry, ScanReport};
 pub use settings::Settings;
 pub use state::{FetchArgs, LoadProblem};
 
@@ -139,13 +139,6 @@ impl Plugin {
             *total = s.max_concurrency;
         }
         self.settings.store(Arc::new(s));
-    }
-
-    pub fn used_memory(&self) -> usize {
-        self.workers
-            .lock()
-            .map(|w| w.iter().map(|x| x.used_memory()).sum())
-            .unwrap_or(0)
     }
 
     fn pick_worker(&self) -> Option<Arc<Worker>> {

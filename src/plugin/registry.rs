@@ -92,10 +92,6 @@ impl Registry {
         self.slots.load().values().cloned().collect()
     }
 
-    pub fn names(&self) -> Vec<String> {
-        self.slots.load().keys().cloned().collect()
-    }
-
     /// Applies new `[plugins.*]` overrides and default TTL to every loaded
     /// plugin at once (no recompiling).
     pub fn set_overrides(&self, overrides: BTreeMap<String, PluginOverrides>, default_ttl: Duration) {

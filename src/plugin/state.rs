@@ -135,10 +135,6 @@ impl PluginState {
             .map_err(|m| FetchError::InvalidPluginOutput(format!("plugin {}: {m}", self.plugin)))
     }
 
-    pub fn used_memory(&self) -> usize {
-        self.lua.used_memory()
-    }
-
     /// A fetch that failed after one of its `http` calls was refused (429, or
     /// 503 with `Retry-After`) failed because of the refusal (SPEC §7).
     fn refused_or(&self, refusal: Option<host::Refusal>, err: FetchError) -> FetchError {

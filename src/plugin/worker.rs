@@ -31,7 +31,6 @@ pub struct Worker {
     tx: mpsc::UnboundedSender<Job>,
     inflight: Arc<AtomicUsize>,
     wedged: AtomicBool,
-    memory: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -46,8 +45,6 @@ impl Worker {
     ) -> Result<(Arc<Worker>, Manifest), LoadProblem> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let memory = Arc::new(AtomicUsize::new(0));
-        let mem = Arc::clone(&memory);
         let name = format!("lua-{}-{index}", ctx.plugin);
         let file_for_err = file.clone();
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
@@ -74,14 +71,11 @@ impl Worker {
                         return;
                     }
                 };
-                mem.store(state.used_memory(), Ordering::Relaxed);
                 let mut tasks = tokio::task::JoinSet::new();
                 while let Some(job) = rx.recv().await {
                     let st = std::rc::Rc::clone(&state);
-                    let mem = Arc::clone(&mem);
                     tasks.spawn_local(async move {
                         let res = st.fetch(&job.args, job.deadline, job.limit).await;
-                        mem.store(st.used_memory(), Ordering::Relaxed);
                         let _ = job.reply.send(res);
                     });
                     while tasks.try_join_next().is_some() {}
@@ -113,7 +107,6 @@ impl Worker {
                 tx,
                 inflight: Arc::new(AtomicUsize::new(0)),
                 wedged: AtomicBool::new(false),
-                memory,
             }),
             manifest,
         ))
@@ -129,7 +122,6 @@ impl Worker {
             tx,
             inflight: Arc::new(AtomicUsize::new(0)),
             wedged: AtomicBool::new(false),
-            memory: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -145,9 +137,6 @@ impl Worker {
         self.wedged.store(true, Ordering::Relaxed);
     }
 
-    pub fn used_memory(&self) -> usize {
-        self.memory.load(Ordering::Relaxed)
-    }
 
     /// Hands a fetch to the thread. The returned receiver yields the result,
     /// or is closed if the thread is gone.

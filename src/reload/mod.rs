@@ -8,7 +8,7 @@ mod watcher;
 
 use std::sync::Arc;
 
-pub use watcher::{WatchHandle, watch};
+pub use watcher::watch;
 
 use crate::daemon::Daemon;
 
