@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::plugin::{Registry, ScanReport};
 
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub config: ArcSwap<Config>,
     pub flags: Flags,
     pub metrics: Arc<Metrics>,
@@ -27,13 +27,13 @@ pub struct Daemon {
 
 /// What a reload did, as `POST /v1/reload` reports it.
 #[derive(Debug, serde::Serialize)]
-pub struct ReloadOutcome {
+pub(crate) struct ReloadOutcome {
     pub config: String,
     pub plugins: ScanReport,
 }
 
 impl Daemon {
-    pub fn new(config: Config, flags: Flags) -> Arc<Self> {
+    pub(crate) fn new(config: Config, flags: Flags) -> Arc<Self> {
         let metrics = Metrics::new();
         let cache = Arc::new(Cache::new(
             config.redis.clone(),
@@ -59,12 +59,12 @@ impl Daemon {
         })
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// First connection attempt and first plugin scan; the daemon is ready after.
-    pub async fn start(&self) -> ScanReport {
+    pub(crate) async fn start(&self) -> ScanReport {
         match self.cache.redis().connect().await {
             Ok(()) => self.pipeline.budget.load().await,
             Err(e) => tracing::warn!(
@@ -79,7 +79,7 @@ impl Daemon {
 
     /// Re-reads the config file and applies what can change at run time:
     /// `[plugins.*]` and `[cache]`. Anything else logs that a restart is needed.
-    pub fn reload_config(&self) -> Result<bool, ConfigError> {
+    pub(crate) fn reload_config(&self) -> Result<bool, ConfigError> {
         let new = Config::load(&self.flags)?;
         let old = self.config.load_full();
         let mut restart = Vec::new();
@@ -134,7 +134,7 @@ impl Daemon {
     }
 
     /// `SIGHUP` and `POST /v1/reload`: config first, then every plugin file.
-    pub async fn reload_all(&self) -> ReloadOutcome {
+    pub(crate) async fn reload_all(&self) -> ReloadOutcome {
         let config = if self.config.load().config_file.is_some() {
             match self.reload_config() {
                 Ok(true) => "reloaded".to_owned(),

@@ -15,7 +15,7 @@ use crate::config::LogFormat;
 
 /// Installs the subscriber. Keep the returned guard alive until exit: it
 /// flushes buffered lines when dropped.
-pub fn init(filter: &str, format: LogFormat) -> Result<Option<WorkerGuard>, String> {
+pub(crate) fn init(filter: &str, format: LogFormat) -> Result<Option<WorkerGuard>, String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| {
         format!("TICKERD_LOG: {filter:?} is not a log filter ({e}); use e.g. info, debug, or tickerd=debug,info")
     })?;
@@ -43,7 +43,7 @@ pub fn init(filter: &str, format: LogFormat) -> Result<Option<WorkerGuard>, Stri
 static ACCESS: OnceLock<(NonBlocking, LogFormat)> = OnceLock::new();
 
 /// One finished request, as the access log records it.
-pub struct AccessLine<'a> {
+pub(crate) struct AccessLine<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
@@ -55,7 +55,7 @@ pub struct AccessLine<'a> {
 }
 
 /// Writes one access-log line if `tickerd::access` is enabled at info.
-pub fn access(line: &AccessLine<'_>) {
+pub(crate) fn access(line: &AccessLine<'_>) {
     if !tracing::enabled!(target: "tickerd::access", tracing::Level::INFO) {
         return;
     }

@@ -22,7 +22,7 @@ async fn shutdown_signal() {
 }
 
 /// Runs the daemon until a shutdown signal; returns the process exit code.
-pub async fn serve(daemon: Arc<Daemon>) -> u8 {
+pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
     let cfg = daemon.config.load_full();
     let listener = match TcpListener::bind(cfg.listen).await {
         Ok(l) => l,

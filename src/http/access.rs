@@ -25,7 +25,7 @@ fn request_id(req: &Request) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-pub async fn log_request(mut req: Request, next: Next) -> Response {
+pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert("x-request-id", id.clone());

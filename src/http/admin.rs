@@ -16,7 +16,7 @@ use super::query::Query;
 use crate::cache::Selector;
 use crate::model::{DateRange, PluginName, Ticker};
 
-pub fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let cfg = d.config.load();
     match &cfg.admin_token {
         Some(token) => {
@@ -41,7 +41,7 @@ pub fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-pub fn parse_selector(raw: Option<&str>) -> Result<Selector, ApiError> {
+pub(crate) fn parse_selector(raw: Option<&str>) -> Result<Selector, ApiError> {
     let q = Query::parse(raw, &["plugin", "ticker", "start", "end"])?;
     let plugin = q.get("plugin").map(PluginName::parse).transpose()?;
     let ticker = q.get("ticker").map(Ticker::parse).transpose()?;
@@ -64,7 +64,7 @@ pub fn parse_selector(raw: Option<&str>) -> Result<Selector, ApiError> {
     Ok(Selector { plugin, ticker, range })
 }
 
-pub async fn delete_cache(
+pub(crate) async fn delete_cache(
     State(d): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -91,7 +91,7 @@ pub async fn delete_cache(
     }
 }
 
-pub async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&d, &headers)?;
     let outcome = d.reload_all().await;
     Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))

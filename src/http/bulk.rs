@@ -19,10 +19,10 @@ use crate::pipeline::{BulkOptions, MAX_BULK_TICKERS, error_line};
 
 /// Longest request target of this route: 1000 tickers of up to 32
 /// characters and their commas, plus the dates.
-pub const MAX_BULK_URI: usize = 40 * 1024;
+pub(crate) const MAX_BULK_URI: usize = 40 * 1024;
 
 /// Whether `path` is this route's (`/v1/data/{plugin}`, one segment).
-pub fn is_bulk_path(path: &str) -> bool {
+pub(crate) fn is_bulk_path(path: &str) -> bool {
     path.strip_prefix("/v1/data/")
         .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
 }
@@ -30,7 +30,7 @@ pub fn is_bulk_path(path: &str) -> bool {
 /// The `tickers` parameter: comma-separated, upper-cased, duplicates
 /// dropped (first one kept), 1 to [`MAX_BULK_TICKERS`]; a malformed one is a
 /// 400 naming it and its position.
-pub fn parse_tickers(raw: Option<&str>) -> Result<Vec<Ticker>, ApiError> {
+pub(crate) fn parse_tickers(raw: Option<&str>) -> Result<Vec<Ticker>, ApiError> {
     let Some(raw) = raw else {
         return Err(ApiError::bad_request(
             "tickers",
@@ -68,7 +68,7 @@ pub fn parse_tickers(raw: Option<&str>) -> Result<Vec<Ticker>, ApiError> {
     Ok(out)
 }
 
-pub async fn get_bulk(
+pub(crate) async fn get_bulk(
     State(d): State<AppState>,
     Path(plugin): Path<String>,
     RawQuery(raw): RawQuery,

@@ -67,7 +67,7 @@ impl axum::serve::Listener for CoreListener {
 }
 
 /// The running HTTP threads.
-pub struct Cores {
+pub(crate) struct Cores {
     done: FuturesUnordered<oneshot::Receiver<io::Result<()>>>,
     /// Dropped (or sent) when the daemon exits; until then each thread keeps
     /// driving tasks spawned on its runtime (a fetch that outlives its
@@ -77,14 +77,19 @@ pub struct Cores {
 
 /// How many serving threads to start when the config leaves it open: one
 /// per core, within the bound an explicit `http_threads` must respect.
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(256)
 }
 
 /// Starts `threads` serving threads and the acceptor (on the caller's
 /// runtime). Serving stops when `stop` turns true: the acceptor closes the
 /// socket and each thread drains its connections.
-pub fn start(listener: TcpListener, app: Router, threads: usize, stop: watch::Receiver<bool>) -> io::Result<Cores> {
+pub(crate) fn start(
+    listener: TcpListener,
+    app: Router,
+    threads: usize,
+    stop: watch::Receiver<bool>,
+) -> io::Result<Cores> {
     let local = listener.local_addr()?;
     let (exit, exit_rx) = watch::channel(false);
     let done = FuturesUnordered::new();
@@ -123,7 +128,7 @@ impl Cores {
     /// Resolves when a serving thread has stopped: after a shutdown signal,
     /// call it until it returns `None` (all drained); before one, a result
     /// means a thread failed.
-    pub async fn next_stopped(&mut self) -> Option<io::Result<()>> {
+    pub(crate) async fn next_stopped(&mut self) -> Option<io::Result<()>> {
         self.done
             .next()
             .await
@@ -131,7 +136,7 @@ impl Cores {
     }
 
     /// Lets the threads (and what was spawned on them) end.
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         let _ = self.exit.send(true);
     }
 }

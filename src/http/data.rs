@@ -36,7 +36,7 @@ fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, ApiError> {
 }
 
 /// Turns path and query into a validated request (the request rules in the README, "HTTP API").
-pub fn parse_request(
+pub(crate) fn parse_request(
     plugin: &str,
     ticker: &str,
     raw_query: Option<&str>,
@@ -58,7 +58,7 @@ pub fn parse_request(
     ))
 }
 
-pub async fn get_data(
+pub(crate) async fn get_data(
     State(d): State<AppState>,
     Path((plugin, ticker)): Path<(String, String)>,
     RawQuery(raw): RawQuery,

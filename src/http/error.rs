@@ -12,7 +12,7 @@ use crate::error::FetchError;
 use crate::model::InvalidField;
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The pipeline could not answer.
     #[error(transparent)]
     Fetch(#[from] FetchError),
@@ -46,7 +46,7 @@ impl From<InvalidField> for ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::BadRequest {
             field: field.into(),
             message: message.into(),
@@ -54,7 +54,7 @@ impl ApiError {
     }
 
     /// The stable machine-readable code clients switch on.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::Fetch(e) => e.code(),
             ApiError::BadRequest { .. } => "bad_request",
@@ -71,7 +71,7 @@ impl ApiError {
     /// The one mapping to HTTP statuses. A new `FetchError` (a rate limit
     /// answered with 429 and `Retry-After`, say) gets its row here and its
     /// headers in `into_response`.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::Fetch(e) => match e {
                 FetchError::PluginNotFound(_) | FetchError::NoData(_) => StatusCode::NOT_FOUND,

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use crate::error::FetchError;
 use crate::plugin::PluginSlot;
 
-pub fn plugin_json(slot: &PluginSlot) -> Value {
+pub(crate) fn plugin_json(slot: &PluginSlot) -> Value {
     let cur = slot.current.as_ref();
     let settings = cur.map(|p| p.settings());
     json!({
@@ -32,7 +32,7 @@ pub fn plugin_json(slot: &PluginSlot) -> Value {
     })
 }
 
-pub async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
+pub(crate) async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
     let mut out = Vec::new();
     for slot in d.registry.list().iter() {
         let mut v = plugin_json(slot);
@@ -49,7 +49,7 @@ async fn cooldown_json(d: &AppState, plugin: &str) -> Value {
     json!(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
 }
 
-pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let slot = d
         .registry
         .get(&name)
@@ -59,7 +59,7 @@ pub async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> 
     Ok(Json(v))
 }
 
-pub async fn stats(State(d): State<AppState>) -> Json<Value> {
+pub(crate) async fn stats(State(d): State<AppState>) -> Json<Value> {
     let t = d.metrics.totals();
     let hit_rate = t.hit_rate().unwrap_or(0.0);
     Json(json!({
@@ -80,11 +80,11 @@ pub async fn stats(State(d): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub async fn healthz() -> Json<Value> {
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn readyz(State(d): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
     let redis = if d.cache.redis().is_up() { "up" } else { "down" };
     let plugins = d.metrics.plugins_loaded.get();
     if !d.is_ready() {
@@ -106,7 +106,7 @@ pub async fn readyz(State(d): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn metrics(State(d): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(d): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         d.metrics.render(),

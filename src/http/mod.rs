@@ -19,17 +19,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
-pub use cores::{default_threads as default_http_threads, start as serve_per_core};
-pub use error::ApiError;
+pub(crate) use cores::{default_threads as default_http_threads, start as serve_per_core};
+pub(crate) use error::ApiError;
 
 use crate::daemon::Daemon;
 
 /// Longest request target accepted; longer ones get 414 before any parsing.
-pub const MAX_URI: usize = 8 * 1024;
+pub(crate) const MAX_URI: usize = 8 * 1024;
 
-pub type AppState = Arc<Daemon>;
+pub(crate) type AppState = Arc<Daemon>;
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/data/{plugin}/{ticker}", get(data::get_data))
         .route("/v1/data/{plugin}", get(bulk::get_bulk))

@@ -3,12 +3,12 @@
 
 use super::error::ApiError;
 
-pub struct Query {
+pub(crate) struct Query {
     values: Vec<(String, String)>,
 }
 
 impl Query {
-    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
+    pub(crate) fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
         // A handful of parameters at most: a small vector beats hashing.
         let mut values: Vec<(String, String)> = Vec::with_capacity(4);
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -30,7 +30,7 @@ impl Query {
     }
 
     /// The value, treating `name=` (empty) as absent.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values
             .iter()
             .find(|(k, _)| k.as_str() == name)
@@ -38,7 +38,7 @@ impl Query {
             .filter(|v| !v.is_empty())
     }
 
-    pub fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
+    pub(crate) fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
         match self.get(name) {
             None => Ok(false),
             Some("true" | "1" | "yes") => Ok(true),

@@ -84,7 +84,7 @@ async fn closes_section(d: &AppState, plugin: &str, ticker: &str) -> Result<Mark
 
 /// The page, rendered by maud: every value is HTML-escaped unless wrapped in
 /// `PreEscaped`, which only the constant style sheet is.
-pub async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Markup {
+pub(crate) async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Markup {
     let q = Query::parse(raw.as_deref(), &["plugin", "ticker"]).ok();
     let slots = d.registry.list();
     let chosen_plugin = q.as_ref().and_then(|q| q.get("plugin").map(str::to_owned)).or_else(|| {

@@ -137,7 +137,6 @@ impl Worker {
         self.wedged.store(true, Ordering::Relaxed);
     }
 
-
     /// Hands a fetch to the thread. The returned receiver yields the result,
     /// or is closed if the thread is gone.
     pub fn submit(

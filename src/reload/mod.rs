@@ -8,12 +8,12 @@ mod watcher;
 
 use std::sync::Arc;
 
-pub use watcher::watch;
+pub(crate) use watcher::watch;
 
 use crate::daemon::Daemon;
 
 /// Rescans plugins and config on every SIGHUP.
-pub fn spawn_sighup(daemon: Arc<Daemon>) {
+pub(crate) fn spawn_sighup(daemon: Arc<Daemon>) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; use POST /v1/reload to rescan");

@@ -25,7 +25,7 @@ use crate::plugin::sha256_hex;
 const DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// Keeps the watcher alive; dropping it stops watching.
-pub struct WatchHandle {
+pub(crate) struct WatchHandle {
     _debouncer: Box<dyn Any + Send>,
 }
 
@@ -40,7 +40,7 @@ fn canonical(p: &Path) -> PathBuf {
 }
 
 /// Starts watching; reloads run on the tokio runtime this is called from.
-pub fn watch(daemon: Arc<Daemon>) -> Result<WatchHandle, String> {
+pub(crate) fn watch(daemon: Arc<Daemon>) -> Result<WatchHandle, String> {
     let cfg = daemon.config.load_full();
     let plugins_dir = canonical(&cfg.plugins_dir);
     let config_file = cfg.config_file.as_deref().map(canonical);
