@@ -18,14 +18,14 @@ use crate::pipeline::DataRequest;
 use crate::sink::{Record, SinkError, Sinks};
 
 /// The running producer: one task per `[[watch]]` entry and their sinks.
-pub struct Producer {
+pub(crate) struct Producer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     sinks: Arc<Sinks>,
 }
 
 /// Makes the sinks (the Kafka producer when a watch uses it) and starts one
 /// task per `[[watch]]` entry; they stop when `stop` turns true.
-pub fn spawn(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) -> Result<Producer, SinkError> {
+pub(crate) fn spawn(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) -> Result<Producer, SinkError> {
     let cfg = daemon.config.load_full();
     let sinks = Arc::new(Sinks::new(
         cfg.kafka.as_ref(),
@@ -50,7 +50,7 @@ pub fn spawn(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) -> Result<Produce
 impl Producer {
     /// After `stop` turned true: lets each task finish the ticker in
     /// progress, then flushes the Kafka queue for what is left of `timeout`.
-    pub async fn finish(self, timeout: Duration) {
+    pub(crate) async fn finish(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         for t in self.tasks {
             let _ = tokio::time::timeout_at(deadline, t).await;

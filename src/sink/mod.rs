@@ -28,7 +28,7 @@ pub(crate) use throttle::LogThrottle;
 /// and with the cache status as a word. Field order is the wire order of
 /// both the stream fields and the Kafka JSON value.
 #[derive(Debug, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     pub plugin: String,
     pub ticker: String,
     pub start: String,
@@ -43,13 +43,13 @@ pub struct Record {
 
 impl Record {
     /// The Kafka record value: a JSON object whose `bars` is an array.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // Only strings and already-valid JSON: serialising cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// The Redis stream fields; `bars` is the JSON text of the array.
-    pub fn stream_fields(&self) -> [(&'static str, &str); 7] {
+    pub(crate) fn stream_fields(&self) -> [(&'static str, &str); 7] {
         [
             ("plugin", &self.plugin),
             ("ticker", &self.ticker),
@@ -65,10 +65,10 @@ impl Record {
 /// The Kafka producer could not be made from `[kafka]`.
 #[derive(Debug, thiserror::Error)]
 #[error("kafka: cannot create the producer: {0}")]
-pub struct SinkError(String);
+pub(crate) struct SinkError(String);
 
 /// The outlets of every `[[watch]]` entry, made once at start.
-pub struct Sinks {
+pub(crate) struct Sinks {
     redis: Arc<RedisStore>,
     kafka: Option<KafkaSink>,
     metrics: Arc<Metrics>,
@@ -78,7 +78,11 @@ impl Sinks {
     /// Creates the Kafka producer when `kafka` is given (a `[[watch]]` has
     /// `sink = "kafka"`); it connects in the background, so a broker that is
     /// down at start delays nothing.
-    pub fn new(kafka: Option<&KafkaConfig>, redis: Arc<RedisStore>, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
+    pub(crate) fn new(
+        kafka: Option<&KafkaConfig>,
+        redis: Arc<RedisStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SinkError> {
         let kafka = kafka.map(|cfg| KafkaSink::new(cfg, Arc::clone(&metrics))).transpose()?;
         Ok(Self { redis, kafka, metrics })
     }
@@ -86,7 +90,7 @@ impl Sinks {
     /// Publishes one record; returns once it is written (Redis) or queued
     /// (Kafka). Failures are counted and logged here, never returned: the
     /// producer goes on with the next ticker either way.
-    pub async fn publish(&self, sink: &WatchSink, record: &Record) {
+    pub(crate) async fn publish(&self, sink: &WatchSink, record: &Record) {
         match sink {
             WatchSink::RedisStream { stream, maxlen } => {
                 redis_stream::publish(&self.redis, &self.metrics, stream, *maxlen, record).await
@@ -103,7 +107,7 @@ impl Sinks {
 
     /// On shutdown: waits at most `timeout` for queued Kafka records to be
     /// acknowledged; what is left is dropped and counted (`reason="shutdown"`).
-    pub async fn flush(self, timeout: Duration) {
+    pub(crate) async fn flush(self, timeout: Duration) {
         if let Some(k) = self.kafka {
             // librdkafka's flush blocks its caller: keep it off the runtime.
             let _ = tokio::task::spawn_blocking(move || k.flush_and_close(timeout)).await;
