@@ -1,6 +1,8 @@
 //! The command line (README, "Quick tour"): `serve`, `fetch`, `invalidate`, `check`, `plugins`.
 //! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 
+mod fetch_many;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,7 +46,19 @@ enum Command {
     /// One request through the same pipeline and cache; prints the body.
     Fetch {
         plugin: String,
-        ticker: String,
+        /// One ticker prints its body; several (or --tickers-file, --out)
+        /// print one JSON line each, or write DIR/<TICKER>.csv|json.
+        #[arg(required_unless_present = "tickers_file")]
+        tickers: Vec<String>,
+        /// Tickers to fetch, one or more a line (`#` comments; `-` is stdin).
+        #[arg(long, value_name = "FILE")]
+        tickers_file: Option<PathBuf>,
+        /// Write DIR/<TICKER>.csv or .json (per --format) instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
         #[arg(long, value_name = "YYYY-MM-DD")]
         start: Option<String>,
         #[arg(long, value_name = "YYYY-MM-DD")]
@@ -125,12 +139,33 @@ pub fn main() -> ExitCode {
         }
         Command::Fetch {
             plugin,
-            ticker,
+            tickers,
+            tickers_file,
+            out,
+            quiet,
             start,
             end,
             refresh,
             format,
-        } => fetch(config, flags, &plugin, &ticker, start, end, refresh, format),
+        } => {
+            if tickers.len() == 1 && tickers_file.is_none() && out.is_none() {
+                // One ticker: its body, as SPEC §1 has it.
+                fetch(config, flags, &plugin, &tickers[0], start, end, refresh, format)
+            } else {
+                let args = fetch_many::Args {
+                    plugin,
+                    tickers,
+                    tickers_file,
+                    out,
+                    quiet,
+                    start,
+                    end,
+                    refresh,
+                    format,
+                };
+                fetch_many::run(config, flags, args)
+            }
+        }
         Command::Invalidate {
             plugin,
             ticker,
