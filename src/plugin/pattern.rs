@@ -140,7 +140,7 @@ impl<'a> Matcher<'a> {
 
     fn tick(&mut self) -> Result<(), PatternError> {
         self.steps = self.steps.wrapping_add(1);
-        if self.steps % CHECK_EVERY == 0 && (self.stop)() {
+        if self.steps.is_multiple_of(CHECK_EVERY) && (self.stop)() {
             return Err(PatternError::Stopped);
         }
         Ok(())
