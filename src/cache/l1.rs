@@ -26,6 +26,7 @@ use super::memory::MemoryStore;
 use super::redis_series::Notice;
 use super::series::{Snapshot, Write};
 use super::store::SeriesId;
+use super::redis_target::RedisTarget;
 use crate::model::{DateRange, PluginName, Ticker};
 
 pub struct L1 {
@@ -130,13 +131,15 @@ impl L1 {
 
     /// Keeps a subscription to the invalidation channel for the life of the
     /// daemon; L1 is active only while subscribed.
-    pub fn spawn_listener(self: &Arc<Self>, url: String, space: KeySpace, backoff: Duration) {
+    pub(crate) fn spawn_listener(self: &Arc<Self>, target: Arc<RedisTarget>, space: KeySpace, backoff: Duration) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let channel = space.invalidation_channel();
             loop {
                 let sub = async {
-                    let client = redis::Client::open(url.as_str())?;
+                    // Resolved on every (re)subscription: under Sentinel the
+                    // subscription follows the master after a failover.
+                    let client = target.pubsub_client().await?;
                     let mut ps = client.get_async_pubsub().await?;
                     ps.subscribe(&channel).await?;
                     Ok::<_, redis::RedisError>(ps)

@@ -13,6 +13,7 @@ mod redis_series;
 mod redis_store;
 pub mod series;
 mod store;
+mod redis_target;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ pub use memory::MemoryStore;
 pub use redis_series::{Notice, RedisSeries};
 pub use redis_store::{Conn, RedisStore, StoreError, own_connections};
 pub use store::{FailureMarker, LockAnswer, LockGuard, Read, SeriesId, Store, StoreFuture, Written};
+pub use redis_target::RedisMode;
 
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
@@ -172,9 +174,8 @@ impl Cache {
     /// Subscribes the L1 (if configured) to invalidations; `serve` calls this.
     pub fn start_l1(&self) {
         if let Some(l1) = &self.l1 {
-            let cfg = self.redis.config();
-            let url = cfg.nodes.first().cloned().unwrap_or_else(|| cfg.url.clone());
-            l1.spawn_listener(url, self.space.clone(), cfg.backoff);
+            let target = Arc::clone(self.redis.target());
+            l1.spawn_listener(target, self.space.clone(), self.redis.config().backoff);
         }
     }
 

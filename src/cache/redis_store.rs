@@ -19,6 +19,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::Notify;
 
+use super::redis_target::{Endpoint, RedisMode, RedisTarget, Resolved, explain};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 
@@ -69,6 +70,11 @@ pub enum StoreError {
 
 pub struct RedisStore {
     cfg: RedisConfig,
+    /// URL, credentials, TLS and Sentinel turned into clients.
+    target: Arc<RedisTarget>,
+    /// Where `conn` went at its last (re)connect; the HTTP threads' own
+    /// connections follow it (the master in use, under Sentinel).
+    resolved: ArcSwapOption<Resolved>,
     conn: ArcSwapOption<Conn>,
     /// Counts successful (re)connects of `conn`; a thread's own connection
     /// from an older generation is replaced (see [`own_connections`]).
@@ -86,6 +92,8 @@ impl RedisStore {
     pub fn new(cfg: RedisConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.redis_up.set(0);
         Arc::new_cyclic(|me| Self {
+            target: Arc::new(RedisTarget::new(&cfg)),
+            resolved: ArcSwapOption::empty(),
             cfg,
             conn: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
@@ -105,44 +113,49 @@ impl RedisStore {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Where the daemon connects, with any password masked, for log lines.
+    /// Where the daemon connects, for log lines: no password (see `redis_target`).
     pub fn display_url(&self) -> String {
-        let targets = if self.cfg.cluster && !self.cfg.nodes.is_empty() {
-            self.cfg.nodes.join(",")
-        } else {
-            self.cfg.url.clone()
-        };
-        mask_password(&targets)
+        match self.master() {
+            Some(m) if self.mode() == RedisMode::Sentinel => format!("{} (master {m})", self.target.describe()),
+            _ => self.target.describe(),
+        }
+    }
+
+    /// Standalone, cluster or sentinel.
+    pub fn mode(&self) -> RedisMode {
+        self.target.mode()
+    }
+
+    /// The `host:port` of the server in use (under Sentinel: the master the
+    /// sentinels named at the last reconnect); `None` for a cluster or
+    /// before the first connection.
+    pub fn master(&self) -> Option<String> {
+        self.resolved.load().as_ref().and_then(|r| r.address.clone())
+    }
+
+    pub(crate) fn target(&self) -> &Arc<RedisTarget> {
+        &self.target
     }
 
     /// Opens a connection and checks it with `PING`. `name` labels it in
     /// `CLIENT LIST` (best effort: an ACL may forbid `CLIENT SETNAME`), so an
     /// operator can tell the shared connection from the HTTP threads' own.
-    async fn open(&self, name: &str) -> RedisResult<Conn> {
+    async fn open(&self, name: &str, via: &Resolved) -> RedisResult<Conn> {
         let cfg = &self.cfg;
-        let conn = if cfg.cluster {
-            let nodes = if cfg.nodes.is_empty() {
-                vec![cfg.url.clone()]
-            } else {
-                cfg.nodes.clone()
-            };
-            let client = redis::cluster::ClusterClient::builder(nodes)
-                .connection_timeout(cfg.connect_timeout)
-                .response_timeout(cfg.op_timeout)
-                .retries(1)
-                .build()?;
-            Conn::Cluster(client.get_async_connection().await?)
-        } else {
-            let client = redis::Client::open(cfg.url.as_str())?;
-            // Explicit timeouts and a single retry: the crate's defaults wait
-            // on a shared reconnect future for seconds while Redis is down.
-            let mgr_cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(cfg.connect_timeout))
-                .set_response_timeout(Some(cfg.op_timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(10))
-                .set_max_delay(Duration::from_millis(100));
-            Conn::Single(ConnectionManager::new_with_config(client, mgr_cfg).await?)
+        let conn = match &via.endpoint {
+            Endpoint::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+            Endpoint::Single(client) => {
+                let client = client.clone();
+                // Explicit timeouts and a single retry: the crate's defaults wait
+                // on a shared reconnect future for seconds while Redis is down.
+                let mgr_cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.connect_timeout))
+                    .set_response_timeout(Some(cfg.op_timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(100));
+                Conn::Single(ConnectionManager::new_with_config(client, mgr_cfg).await?)
+            }
         };
         let mut probe = conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut probe).await?;
@@ -159,8 +172,20 @@ impl RedisStore {
     /// One connection attempt, bounded by the connect timeout plus `op_timeout`.
     pub async fn connect(&self) -> Result<(), StoreError> {
         let limit = self.cfg.connect_timeout + self.cfg.op_timeout;
-        match tokio::time::timeout(limit, self.open("tickerd")).await {
-            Ok(Ok(conn)) => {
+        let attempt = async {
+            // Asks the sentinels again on every reconnect: after a failover
+            // they name the promoted master.
+            let via = self.target.resolve().await?;
+            let conn = self.open("tickerd", &via).await?;
+            Ok::<_, redis::RedisError>((conn, via))
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok((conn, via))) => {
+                let moved = via.address.is_some() && via.address != self.master();
+                self.resolved.store(Some(Arc::new(via)));
+                if moved && self.mode() == RedisMode::Sentinel {
+                    tracing::info!(redis = %self.display_url(), "connected to the master the sentinels name");
+                }
                 self.conn.store(Some(Arc::new(conn)));
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 if !self.up.swap(true, Ordering::AcqRel) {
@@ -171,7 +196,7 @@ impl RedisStore {
             }
             Ok(Err(e)) => Err(StoreError::Redis {
                 op: "connect",
-                message: e.to_string(),
+                message: explain(&e),
             }),
             Err(_) => Err(StoreError::Timeout {
                 op: "connect",
@@ -325,7 +350,13 @@ impl RedisStore {
             let name = format!("tickerd-{}", std::thread::current().name().unwrap_or("thread"));
             tokio::spawn(async move {
                 let limit = this.cfg.connect_timeout + this.cfg.op_timeout;
-                let opened = tokio::time::timeout(limit, this.open(&name)).await;
+                let opened = match this.resolved.load_full() {
+                    Some(via) => tokio::time::timeout(limit, this.open(&name, &via)).await,
+                    None => Ok(Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "not connected yet",
+                    )))),
+                };
                 // Runs on the thread that asked: its runtime is single-threaded.
                 THREAD_CONN.with(|slot| {
                     if let Ok(mut slot) = slot.try_borrow_mut()
@@ -340,7 +371,7 @@ impl RedisStore {
                             failed => {
                                 own.retry_at = Some(Instant::now() + this.cfg.backoff);
                                 let error = match failed {
-                                    Ok(Err(e)) => e.to_string(),
+                                    Ok(Err(e)) => explain(&e),
                                     _ => format!("no answer within {limit:?}"),
                                 };
                                 if !own.warned {
@@ -412,29 +443,14 @@ pub fn own_connections() {
 }
 
 fn is_connection_problem(e: &redis::RedisError) -> bool {
-    e.is_io_error()
+    // READONLY: the server we talk to was demoted to a replica (a Sentinel
+    // failover while our connection stayed open); reconnecting asks the
+    // sentinels for the new master.
+    e.code() == Some("READONLY")
+        || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
         || e.is_cluster_error()
-}
-
-fn mask_password(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_never_reach_the_log() {
-        assert_eq!(super::mask_password("redis://:pw@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(super::mask_password("redis://h:1/0"), "redis://h:1/0");
-    }
 }

@@ -42,6 +42,16 @@ pub struct RedisSection {
     pub key_prefix: Option<String>,
     pub cluster: Option<bool>,
     pub nodes: Option<Vec<String>>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_insecure: Option<bool>,
+    pub sentinels: Option<Vec<String>>,
+    pub sentinel_master: Option<String>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

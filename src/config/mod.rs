@@ -6,6 +6,7 @@
 mod duration;
 mod file;
 mod kafka;
+mod redis_access;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub use duration::{RawDuration, parse_duration};
 use file::{FileConfig, PluginSection};
 pub use kafka::{KafkaConfig, WatchSink};
+pub use redis_access::{RedisAccess, Secret, SentinelSettings, TlsFiles, read_pem};
 
 use crate::model::{PluginName, RateLimit, Ticker};
 
@@ -67,6 +69,7 @@ pub enum WatcherKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
+    /// Without credentials (they are in `access`), so it can be logged.
     pub url: String,
     pub op_timeout: Duration,
     pub connect_timeout: Duration,
@@ -74,7 +77,10 @@ pub struct RedisConfig {
     pub backoff: Duration,
     pub key_prefix: String,
     pub cluster: bool,
+    /// Cluster seed nodes, without credentials.
     pub nodes: Vec<String>,
+    /// Credentials, TLS files and Sentinel (SPEC §9).
+    pub access: RedisAccess,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +168,9 @@ impl Config {
             })?),
             None => None,
         };
-        Self::resolve(flags, &env, path.as_deref(), text.as_deref())
+        let config = Self::resolve(flags, &env, path.as_deref(), text.as_deref())?;
+        redis_access::check_tls_files(&config.redis.access.tls)?;
+        Ok(config)
     }
 
     /// Applies precedence to already-gathered sources.
@@ -389,9 +397,30 @@ fn resolve_redis(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) ->
             format!("{key_prefix:?}: expected a non-empty prefix without spaces, glob or hash-tag characters"),
         ));
     }
-    let nodes = r.nodes.clone().unwrap_or_default();
-    for (i, n) in nodes.iter().enumerate() {
+    let url_key = if env_get("REDIS_URL").is_some() {
+        "REDIS_URL"
+    } else {
+        "redis.url"
+    };
+    let main = redis_access::split_url(url_key, &url)?;
+    let url = main.url;
+    let mut any_tls_url = main.tls;
+    let (mut url_user, mut url_password) = (main.username, main.password);
+    let mut nodes = Vec::new();
+    for (i, n) in r.nodes.clone().unwrap_or_default().iter().enumerate() {
         check_redis_url(&format!("redis.nodes[{i}]"), n)?;
+        let split = redis_access::split_url(&format!("redis.nodes[{i}]"), n)?;
+        any_tls_url |= split.tls;
+        url_user = url_user.or(split.username);
+        url_password = url_password.or(split.password);
+        nodes.push(split.url);
+    }
+    let access = redis_access::resolve(r, env_get, url_user, url_password, any_tls_url)?;
+    if access.sentinel.is_some() && (r.cluster == Some(true) || nodes.len() > 1) {
+        return Err(invalid(
+            "redis.sentinels",
+            "Sentinel and Cluster exclude each other: a cluster fails over by itself; remove redis.sentinels or redis.nodes/cluster",
+        ));
     }
     let op_timeout = dur(&r.op_timeout, "redis.op_timeout", Duration::from_millis(250))?;
     if op_timeout.is_zero() {
@@ -405,6 +434,7 @@ fn resolve_redis(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) ->
         key_prefix,
         cluster: r.cluster.unwrap_or(false) || nodes.len() > 1,
         nodes,
+        access,
     })
 }
 
@@ -415,7 +445,10 @@ fn check_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
         .ok_or_else(|| {
             invalid(
                 key,
-                format!("{url:?}: expected redis://[:password@]host:port/db or rediss://..."),
+                format!(
+                    "{:?}: expected redis://[user[:password]@]host:port/db or rediss://...",
+                    redis_access::mask_url(url)
+                ),
             )
         })
 }
@@ -644,7 +677,8 @@ mod tests {
         assert_eq!(c.cache.default_ttl, Duration::from_secs(60));
         let e = env(&[("REDIS_HOST", "h"), ("REDIS_URL", "redis://:pw@u:1/2")]);
         let c = Config::resolve(&Flags::default(), &e, None, Some(file)).unwrap();
-        assert_eq!(c.redis.url, "redis://:pw@u:1/2");
+        assert_eq!(c.redis.url, "redis://u:1/2");
+        assert_eq!(c.redis.access.password.as_ref().map(Secret::expose), Some("pw"));
     }
 
     #[test]

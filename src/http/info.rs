@@ -74,6 +74,8 @@ pub(crate) async fn stats(State(d): State<AppState>) -> Json<Value> {
         "redis": if d.cache.redis().is_up() { "up" } else { "down" },
         "redis_writes": if d.cache.writes_failing() { "failing" } else { "ok" },
         "memory_bytes": d.cache.memory_bytes(),
+        "redis_mode": d.cache.redis().mode().as_str(),
+        "redis_master": d.cache.redis().master(),
         "plugins_loaded": d.metrics.plugins_loaded.get(),
         "inflight_fetches": d.pipeline.inflight_fetches(),
         "uptime_s": d.started.elapsed().as_secs(),
@@ -86,11 +88,13 @@ pub(crate) async fn healthz() -> Json<Value> {
 
 pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
     let redis = if d.cache.redis().is_up() { "up" } else { "down" };
+    // Which server answers (the master in use, under Sentinel); no credentials.
+    let (mode, master) = (d.cache.redis().mode().as_str(), d.cache.redis().master());
     let plugins = d.metrics.plugins_loaded.get();
     if !d.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "redis": redis, "plugins": plugins, "message": "loading plugins"})),
+            Json(json!({"ready": false, "redis": redis, "redis_mode": mode, "redis_master": master, "plugins": plugins, "message": "loading plugins"})),
         )
             .into_response();
     }
@@ -102,7 +106,7 @@ pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
     } else {
         "ready; redis: down (degraded: serving from the in-process memory cache)".to_owned()
     };
-    Json(json!({"ready": true, "redis": redis, "redis_writes": writes, "plugins": plugins, "message": message}))
+    Json(json!({"ready": true, "redis": redis, "redis_writes": writes, "redis_mode": mode, "redis_master": master, "plugins": plugins, "message": message}))
         .into_response()
 }
 

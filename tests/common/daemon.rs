@@ -123,6 +123,7 @@ impl DaemonBuilder {
             .env_remove("REDIS_HOST")
             .env_remove("REDIS_PORT")
             .env_remove("REDIS_DB")
+            .env_remove("REDIS_PASSWORD")
             .env_remove("CACHE_TTL_SECONDS")
             .env("TICKERD_LOG", "info,tickerd=debug")
             .stdout(Stdio::null())
