@@ -96,7 +96,7 @@ fn has_entry(r: &RedisServer, prefix: &str, ticker: &str) -> bool {
         return false;
     };
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:synthetic:*:{ticker}:*"))
+        .arg(format!("{prefix}:*{ticker}*"))
         .query(&mut c)
         .unwrap_or_default();
     !keys.is_empty()
@@ -173,7 +173,8 @@ async fn a_failover_moves_tickerd_to_the_promoted_master_without_a_failed_reques
     // Requests for new tickers all through the switch; each must succeed.
     let mut n = 0;
     let landed = loop {
-        let ticker = format!("T{n}");
+        // Unique names, so one is never a substring of another in a key.
+        let ticker = format!("N{n}X");
         get_ok(&d, &ticker).await;
         if role(&replica).as_deref() == Some("master") && has_entry(&replica, &prefix, &ticker) {
             break killed.elapsed();

@@ -24,9 +24,9 @@ use super::Layer;
 use super::key::{KeySpace, Selector};
 use super::memory::MemoryStore;
 use super::redis_series::Notice;
+use super::redis_target::RedisTarget;
 use super::series::{Snapshot, Write};
 use super::store::SeriesId;
-use super::redis_target::RedisTarget;
 use crate::model::{DateRange, PluginName, Ticker};
 
 pub struct L1 {

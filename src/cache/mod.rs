@@ -11,9 +11,9 @@ mod l1;
 mod memory;
 mod redis_series;
 mod redis_store;
+mod redis_target;
 pub mod series;
 mod store;
-mod redis_target;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,8 +27,8 @@ pub use l1::L1;
 pub use memory::MemoryStore;
 pub use redis_series::{Notice, RedisSeries};
 pub use redis_store::{Conn, RedisStore, StoreError, own_connections};
-pub use store::{FailureMarker, LockAnswer, LockGuard, Read, SeriesId, Store, StoreFuture, Written};
 pub use redis_target::RedisMode;
+pub use store::{FailureMarker, LockAnswer, LockGuard, Read, SeriesId, Store, StoreFuture, Written};
 
 use crate::config::{CacheConfig, RedisConfig};
 use crate::metrics::Metrics;
