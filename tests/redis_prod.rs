@@ -267,7 +267,7 @@ async fn an_acl_user_under_the_readme_rule_uses_every_feature() {
             "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"MSFT\"]\nevery = \"1s\"\nlookback = \"10d\"\n",
         )
         .config(&format!(
-            "[redis]\nurl = \"{url}\"\nop_timeout = \"500ms\"\nconnect_timeout = \"1s\"\nbackoff = \"300ms\"\n[cache]\nl1_ttl = \"60s\"\n"
+            "[redis]\nurl = \"{url}\"\nop_timeout = \"500ms\"\nconnect_timeout = \"1s\"\nbackoff = \"300ms\"\n[cache]\nl1_ttl = \"60s\"\n[plugins.synthetic]\nrate_limit = \"1000/s\"\n"
         ))
         .start()
         .await;
@@ -277,7 +277,8 @@ async fn an_acl_user_under_the_readme_rule_uses_every_feature() {
         (d.get_json("/v1/stats").await.1["l1"] == "active").then_some(())
     })
     .await;
-    // Reads, writes and the fleet lock (every miss takes it).
+    // Reads, writes and the fleet lock (every miss takes it); each fetch
+    // also passes the rate limit's Redis Function (FCALL).
     assert_eq!(fetch(&d, PATH).await.0, "MISS");
     assert_eq!(fetch(&d, PATH).await.0, "HIT");
     // A refresh rewrites and announces the rewrite.
