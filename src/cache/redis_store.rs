@@ -376,9 +376,10 @@ impl RedisStore {
                                 };
                                 if !own.warned {
                                     own.warned = true;
+                                    let hint = connect_hint(&error);
                                     tracing::warn!(
-                                        redis = %this.display_url(), %error, retry_every = ?this.cfg.backoff,
-                                        "an HTTP thread cannot open its own redis connection; it uses the shared one meanwhile (check maxclients and ACLs)"
+                                        redis = %this.display_url(), %error, retry_every = ?this.cfg.backoff, hint,
+                                        "an HTTP thread cannot open its own redis connection; it uses the shared one meanwhile"
                                     );
                                 }
                             }
@@ -453,4 +454,35 @@ fn is_connection_problem(e: &redis::RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
         || e.is_cluster_error()
+}
+
+/// What to check when a connection to Redis cannot be opened, by what the
+/// error says: a refused connection is not a maxclients or ACL problem.
+fn connect_hint(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("refused") {
+        "nothing accepts connections at that address: is redis-server running, and are host and port right?"
+    } else if e.contains("max") && e.contains("clients") {
+        "redis refused a new client: raise maxclients in redis.conf or lower http_threads"
+    } else if e.contains("noauth") || e.contains("wrongpass") || e.contains("noperm") || e.contains("auth") {
+        "redis refused the credentials: check the password or ACL user in the redis URL"
+    } else if e.contains("timed out") || e.contains("no answer") || e.contains("timeout") {
+        "redis did not answer in time: check the network and redis's load, or raise redis.connect_timeout"
+    } else {
+        "check that redis is reachable from this host"
+    }
+}
+
+#[cfg(test)]
+mod connect_hint_tests {
+    use super::connect_hint;
+
+    #[test]
+    fn a_refused_connection_is_not_blamed_on_maxclients_or_acls() {
+        let h = connect_hint("Connection refused (os error 111)");
+        assert!(h.contains("is redis-server running"), "{h}");
+        assert!(!h.contains("maxclients") && !h.contains("ACL"), "{h}");
+        assert!(connect_hint("ERR max number of clients reached").contains("maxclients"));
+        assert!(connect_hint("WRONGPASS invalid username-password pair").contains("ACL"));
+    }
 }

@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub drain_timeout: Option<RawDuration>,
     pub http_threads: Option<u64>,
     #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
     pub redis: RedisSection,
     #[serde(default)]
     pub cache: CacheSection,
@@ -30,6 +32,17 @@ pub struct FileConfig {
     #[serde(default)]
     pub watch: Vec<WatchSection>,
     pub kafka: Option<super::kafka::KafkaSection>,
+}
+
+/// `[http]`: limits of the serving edge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub max_connections: Option<u64>,
+    pub header_read_timeout: Option<RawDuration>,
+    pub idle_timeout: Option<RawDuration>,
+    pub write_timeout: Option<RawDuration>,
+    pub max_range_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -83,6 +83,35 @@ pub struct RedisConfig {
     pub access: RedisAccess,
 }
 
+/// `[http]`: limits that keep slow or idle clients, and huge ranges, from
+/// holding the daemon's connections, memory and file descriptors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Open client connections at most; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// Time a write to the client may make no progress.
+    pub write_timeout: Duration,
+    /// Longest `start..end` a data request may ask for, in days.
+    pub max_range_days: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            // 100 years.
+            max_range_days: 36525,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub default_ttl: Duration,
@@ -144,6 +173,7 @@ pub struct Config {
     /// `None` means one per core, resolved where the threads are started so
     /// the config does not depend on the HTTP layer.
     pub http_threads: Option<usize>,
+    pub http: HttpConfig,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub plugins: BTreeMap<String, PluginOverrides>,
@@ -162,9 +192,9 @@ impl Config {
             .clone()
             .or_else(|| env.get("TICKERD_CONFIG").map(PathBuf::from));
         let text = match &path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+            Some(p) => Some(read_config_file(p).map_err(|message| ConfigError::File {
                 path: p.clone(),
-                message: format!("cannot read it: {e}"),
+                message,
             })?),
             None => None,
         };
@@ -253,8 +283,21 @@ impl Config {
                 }
             }
         };
-        let poll_interval = dur(&file.poll_interval, "poll_interval", Duration::from_millis(500))?;
-        let drain_timeout = dur(&file.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let poll_interval = bounded_dur(
+            &file.poll_interval,
+            "poll_interval",
+            Duration::from_millis(500),
+            MS * 50,
+            HOUR,
+        )?;
+        let drain_timeout = bounded_dur(
+            &file.drain_timeout,
+            "drain_timeout",
+            Duration::from_secs(30),
+            ZERO,
+            HOUR,
+        )?;
+        let http = resolve_http(&file)?;
         let http_threads = match file.http_threads {
             None => None,
             Some(n @ 1..=256) => Some(n as usize),
@@ -288,13 +331,15 @@ impl Config {
                 .map(|t| Ticker::parse(t).map_err(|e| invalid(key("tickers"), e.message)))
                 .collect::<Result<Vec<_>, _>>()?;
             let every = w.every.parse().map_err(|m| invalid(key("every"), m))?;
-            if every < Duration::from_secs(1) {
-                return Err(invalid(key("every"), "must be at least 1s"));
-            }
+            within(&key("every"), every, SEC, DAY)?;
             let lookback = match &w.lookback {
                 Some(l) => l.parse().map_err(|m| invalid(key("lookback"), m))?,
                 None => Duration::from_secs(7 * 86400),
             };
+            within(&key("lookback"), lookback, ZERO, DAY * http.max_range_days)?;
+            if let Some(m) = w.maxlen {
+                bounded_int::<u64>(Some(m), &key("maxlen"), 0, 1, 10_000_000)?;
+            }
             let sink = kafka::resolve_sink(
                 &key,
                 w.sink.as_deref(),
@@ -328,6 +373,7 @@ impl Config {
             poll_interval,
             drain_timeout,
             http_threads,
+            http,
             redis,
             cache,
             plugins,
@@ -350,6 +396,117 @@ fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
         .ok()
         .and_then(|mut it| it.next())
         .ok_or_else(|| format!("{raw:?} is not an address; expected HOST:PORT such as 127.0.0.1:8000"))
+}
+
+/// Largest config file read: a config is a few KiB; `--config /dev/zero`
+/// or a log file named by mistake must not be read without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads the config file: a regular file (a symlink to one is fine) of at
+/// most [`MAX_CONFIG_BYTES`]. Checked before opening, because opening a FIFO
+/// blocks until someone writes to it.
+pub fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file; give the path of a TOML file".into());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "is {} bytes; a config file may be at most {MAX_CONFIG_BYTES} bytes",
+            meta.len()
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!("grew past {MAX_CONFIG_BYTES} bytes while being read"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 text: {e}"))
+}
+
+const ZERO: Duration = Duration::ZERO;
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86400);
+/// Longest TTL of any kind: ten years (Redis keeps millisecond expiries in
+/// 64 bits, but a TTL past this is a typo, not a wish).
+const MAX_TTL: Duration = Duration::from_secs(3650 * 86400);
+
+/// A bound as it would be written in the config: `3650d`, `10m`, `250ms`.
+fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    let whole = d.subsec_nanos() % 1_000_000 == 0;
+    match ms {
+        0 if d.is_zero() => "0s".to_owned(),
+        ms if whole && ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if whole && ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if whole && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if whole && ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms if whole => format!("{ms}ms"),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// Checks that a duration lies within `min..=max`, naming the key and the bounds.
+fn within(key: &str, v: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(
+            key,
+            format!("{} is out of range; expected {} to {}", show(v), show(min), show(max)),
+        ));
+    }
+    Ok(v)
+}
+
+fn bounded_dur(
+    v: &Option<RawDuration>,
+    key: &str,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    within(key, dur(v, key, default)?, min, max)
+}
+
+/// A count within `min..=max` (or the default when absent), naming the key and the bounds.
+fn bounded_int<T: TryFrom<u64>>(v: Option<u64>, key: &str, default: T, min: u64, max: u64) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (min..=max).contains(&n) => {
+            T::try_from(n).map_err(|_| invalid(key, format!("{n} is out of range; expected {min} to {max}")))
+        }
+        Some(n) => Err(invalid(key, format!("{n} is out of range; expected {min} to {max}"))),
+    }
+}
+
+fn resolve_http(file: &FileConfig) -> Result<HttpConfig, ConfigError> {
+    let h = &file.http;
+    let d = HttpConfig::default();
+    Ok(HttpConfig {
+        max_connections: bounded_int(
+            h.max_connections,
+            "http.max_connections",
+            d.max_connections,
+            1,
+            1_000_000,
+        )?,
+        header_read_timeout: bounded_dur(
+            &h.header_read_timeout,
+            "http.header_read_timeout",
+            d.header_read_timeout,
+            SEC,
+            MINUTE * 5,
+        )?,
+        idle_timeout: bounded_dur(&h.idle_timeout, "http.idle_timeout", d.idle_timeout, SEC, HOUR)?,
+        write_timeout: bounded_dur(&h.write_timeout, "http.write_timeout", d.write_timeout, SEC, HOUR)?,
+        max_range_days: bounded_int(h.max_range_days, "http.max_range_days", d.max_range_days, 1, 73_050)?,
+    })
 }
 
 fn dur(v: &Option<RawDuration>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
@@ -422,15 +579,24 @@ fn resolve_redis(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) ->
             "Sentinel and Cluster exclude each other: a cluster fails over by itself; remove redis.sentinels or redis.nodes/cluster",
         ));
     }
-    let op_timeout = dur(&r.op_timeout, "redis.op_timeout", Duration::from_millis(250))?;
-    if op_timeout.is_zero() {
-        return Err(invalid("redis.op_timeout", "must be more than 0"));
-    }
+    let op_timeout = bounded_dur(
+        &r.op_timeout,
+        "redis.op_timeout",
+        Duration::from_millis(250),
+        MS,
+        MINUTE,
+    )?;
     Ok(RedisConfig {
         url,
         op_timeout,
-        connect_timeout: dur(&r.connect_timeout, "redis.connect_timeout", Duration::from_millis(500))?,
-        backoff: dur(&r.backoff, "redis.backoff", Duration::from_secs(1))?,
+        connect_timeout: bounded_dur(
+            &r.connect_timeout,
+            "redis.connect_timeout",
+            Duration::from_millis(500),
+            MS,
+            MINUTE,
+        )?,
+        backoff: bounded_dur(&r.backoff, "redis.backoff", Duration::from_secs(1), ZERO, MINUTE * 10)?,
         key_prefix,
         cluster: r.cluster.unwrap_or(false) || nodes.len() > 1,
         nodes,
@@ -464,27 +630,26 @@ fn size(raw: &Option<String>, key: &str, default: u64) -> Result<u64, ConfigErro
 fn resolve_cache(file: &FileConfig, env_get: &dyn Fn(&str) -> Option<String>) -> Result<CacheConfig, ConfigError> {
     let c = &file.cache;
     let default_ttl = match env_get("CACHE_TTL_SECONDS") {
-        Some(v) => parse_duration(&v).map_err(|m| invalid("CACHE_TTL_SECONDS", m))?,
-        None => dur(&c.default_ttl, "cache.default_ttl", Duration::from_secs(86400))?,
+        Some(v) => within(
+            "CACHE_TTL_SECONDS",
+            parse_duration(&v).map_err(|m| invalid("CACHE_TTL_SECONDS", m))?,
+            SEC,
+            MAX_TTL,
+        )?,
+        None => bounded_dur(&c.default_ttl, "cache.default_ttl", DAY, SEC, MAX_TTL)?,
     };
-    if default_ttl.is_zero() {
-        return Err(invalid("cache.default_ttl", "must be more than 0"));
-    }
-    let memory_max_entries = c.memory_max_entries.unwrap_or(10_000);
-    if memory_max_entries == 0 {
-        return Err(invalid("cache.memory_max_entries", "must be at least 1"));
-    }
+    let memory_max_entries = bounded_int(c.memory_max_entries, "cache.memory_max_entries", 10_000, 1, 10_000_000)?;
     Ok(CacheConfig {
         default_ttl,
-        stale_if_error: dur(&c.stale_if_error, "cache.stale_if_error", Duration::from_secs(86400))?,
-        negative_ttl: dur(&c.negative_ttl, "cache.negative_ttl", Duration::from_secs(60))?,
+        stale_if_error: bounded_dur(&c.stale_if_error, "cache.stale_if_error", DAY, ZERO, MAX_TTL)?,
+        negative_ttl: bounded_dur(&c.negative_ttl, "cache.negative_ttl", MINUTE, ZERO, MAX_TTL)?,
         memory_max_entries,
         memory_max_bytes: size(&c.memory_max_bytes, "cache.memory_max_bytes", 256 * 1024 * 1024)?,
         max_stored_bytes: size(&c.max_stored_bytes, "cache.max_stored_bytes", 8 * 1024 * 1024)?,
         // Off unless asked for: with L1 on, a value changed in Redis by hand
         // (not through tickerd) is seen only after l1_ttl.
-        l1_ttl: dur(&c.l1_ttl, "cache.l1_ttl", Duration::ZERO)?,
-        l1_max_entries: c.l1_max_entries.unwrap_or(10_000),
+        l1_ttl: bounded_dur(&c.l1_ttl, "cache.l1_ttl", ZERO, ZERO, DAY)?,
+        l1_max_entries: bounded_int(c.l1_max_entries, "cache.l1_max_entries", 10_000, 1, 10_000_000)?,
     })
 }
 
@@ -495,27 +660,36 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
         .as_ref()
         .map(|r| r.parse().map_err(|m| invalid(key("ttl"), m)))
         .transpose()?;
-    if ttl.is_some_and(|t| t.is_zero()) {
-        return Err(invalid(key("ttl"), "must be more than 0"));
+    if let Some(t) = ttl {
+        within(&key("ttl"), t, SEC, MAX_TTL)?;
     }
     let timeout = s
         .timeout
         .as_ref()
         .map(|r| r.parse().map_err(|m| invalid(key("timeout"), m)))
         .transpose()?;
-    if timeout.is_some_and(|t| t.is_zero()) {
-        return Err(invalid(key("timeout"), "must be more than 0"));
+    if let Some(t) = timeout {
+        within(&key("timeout"), t, MS, MINUTE * 10)?;
     }
-    let positive = |v: Option<u64>, k: &str| -> Result<Option<usize>, ConfigError> {
-        match v {
-            Some(0) => Err(invalid(key(k), "must be at least 1")),
-            Some(n) => Ok(Some(n as usize)),
-            None => Ok(None),
-        }
+    let count = |v: Option<u64>, k: &str, max: u64| -> Result<Option<usize>, ConfigError> {
+        v.map(|n| bounded_int(Some(n), &key(k), 0usize, 1, max)).transpose()
     };
-    let bytes = |v: &Option<String>, k: &str| -> Result<Option<usize>, ConfigError> {
+    let bytes = |v: &Option<String>, k: &str, min: usize, max: usize| -> Result<Option<usize>, ConfigError> {
         v.as_deref()
-            .map(|raw| parse_bytes(raw).map_err(|m| invalid(key(k), m)))
+            .map(|raw| {
+                let n = parse_bytes(raw).map_err(|m| invalid(key(k), m))?;
+                if !(min..=max).contains(&n) {
+                    return Err(invalid(
+                        key(k),
+                        format!(
+                            "{raw:?} is out of range; expected {} to {}",
+                            show_bytes(min),
+                            show_bytes(max)
+                        ),
+                    ));
+                }
+                Ok(n)
+            })
             .transpose()
     };
     if let Some(env) = &s.env {
@@ -547,22 +721,26 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
         max_wait,
         ttl,
         timeout,
-        max_concurrency: positive(s.max_concurrency, "max_concurrency")?,
+        max_concurrency: count(s.max_concurrency, "max_concurrency", 10_000)?,
         env: s.env.clone(),
         allow_hosts: s.allow_hosts.clone(),
-        memory_limit: bytes(&s.memory_limit, "memory_limit")?,
-        max_body: bytes(&s.max_body, "max_body")?,
-        states: positive(s.states, "states")?,
+        memory_limit: bytes(&s.memory_limit, "memory_limit", 1 << 20, 4 << 30)?,
+        max_body: bytes(&s.max_body, "max_body", 1 << 10, 1 << 30)?,
+        states: count(s.states, "states", 64)?,
         settle: s
             .settle
             .as_ref()
-            .map(|r| r.parse().map_err(|m| invalid(key("settle"), m)))
+            .map(|r| {
+                r.parse()
+                    .map_err(|m| invalid(key("settle"), m))
+                    .and_then(|d| within(&key("settle"), d, ZERO, MAX_TTL))
+            })
             .transpose()?,
         settled_ttl: match s.settled_ttl.as_ref() {
             None => None,
             Some(r) => match r.parse() {
                 Ok(d) if d == Duration::ZERO => return Err(invalid(key("settled_ttl"), "must be more than 0")),
-                Ok(d) => Some(d),
+                Ok(d) => Some(within(&key("settled_ttl"), d, SEC, MAX_TTL)?),
                 Err(m) => return Err(invalid(key("settled_ttl"), m)),
             },
         },
@@ -587,6 +765,15 @@ pub fn format_bytes(bytes: usize) -> String {
 /// digits and `_`, not empty (the plugin's `env` list and `[plugins.x] env`).
 pub fn is_env_var_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn show_bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
 }
 
 /// `"64MiB"`, `"16 MB"`, `"512KiB"` or a plain byte count.
@@ -714,6 +901,115 @@ mod tests {
         assert!(err.to_string().contains("ttl"), "{err}");
         let err = Config::resolve(&Flags::default(), &env(&[]), None, Some("colour = 1\n")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn every_number_is_bounded_and_the_error_names_key_and_bounds() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[plugins.x]\nstates = 100000\n", "plugins.x.states", "1 to 64"),
+            ("[plugins.x]\nttl = \"999999999999d\"\n", "plugins.x.ttl", "1s to 3650d"),
+            ("[plugins.x]\ntimeout = \"1d\"\n", "plugins.x.timeout", "1ms to 10m"),
+            (
+                "[plugins.x]\nmax_concurrency = 1000000\n",
+                "plugins.x.max_concurrency",
+                "1 to 10000",
+            ),
+            (
+                "[plugins.x]\nmemory_limit = \"100GiB\"\n",
+                "plugins.x.memory_limit",
+                "1MiB to 4GiB",
+            ),
+            ("[plugins.x]\nmax_body = \"10\"\n", "plugins.x.max_body", "1KiB to 1GiB"),
+            (
+                "[cache]\ndefault_ttl = \"999999999999d\"\n",
+                "cache.default_ttl",
+                "1s to 3650d",
+            ),
+            (
+                "[cache]\nstale_if_error = \"100y\"\n",
+                "cache.stale_if_error",
+                "0s to 3650d",
+            ),
+            (
+                "[cache]\nmemory_max_entries = 0\n",
+                "cache.memory_max_entries",
+                "1 to 10000000",
+            ),
+            (
+                "[cache]\nl1_max_entries = 99999999999\n",
+                "cache.l1_max_entries",
+                "1 to 10000000",
+            ),
+            ("[cache]\nl1_ttl = \"2d\"\n", "cache.l1_ttl", "0s to 1d"),
+            ("[redis]\nop_timeout = 0\n", "redis.op_timeout", "1ms to 1m"),
+            (
+                "[redis]\nconnect_timeout = \"1h\"\n",
+                "redis.connect_timeout",
+                "1ms to 1m",
+            ),
+            ("[redis]\nbackoff = \"1d\"\n", "redis.backoff", "0s to 10m"),
+            ("poll_interval = \"1ms\"\n", "poll_interval", "50ms to 1h"),
+            ("drain_timeout = \"2h\"\n", "drain_timeout", "0s to 1h"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections", "1 to 1000000"),
+            (
+                "[http]\nheader_read_timeout = \"1h\"\n",
+                "http.header_read_timeout",
+                "1s to 5m",
+            ),
+            ("[http]\nidle_timeout = 0\n", "http.idle_timeout", "1s to 1h"),
+            ("[http]\nwrite_timeout = \"2h\"\n", "http.write_timeout", "1s to 1h"),
+            ("[http]\nmax_range_days = 100000\n", "http.max_range_days", "1 to 73050"),
+            (
+                "[[watch]]\nplugin = \"y\"\ntickers = [\"A\"]\nevery = \"5m\"\nmaxlen = 0\n",
+                "watch[0].maxlen",
+                "1 to 10000000",
+            ),
+            (
+                "[[watch]]\nplugin = \"y\"\ntickers = [\"A\"]\nevery = \"30d\"\n",
+                "watch[0].every",
+                "1s to 1d",
+            ),
+        ];
+        for (file, key, bounds) in cases {
+            let err = Config::resolve(&Flags::default(), &env(&[]), None, Some(file)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with(key), "{key}: {msg}");
+            assert!(msg.contains(bounds), "{key} names its bounds {bounds:?}: {msg}");
+        }
+        let err = Config::resolve(
+            &Flags::default(),
+            &env(&[("CACHE_TTL_SECONDS", "99999999999")]),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CACHE_TTL_SECONDS"), "{err}");
+        let c = Config::resolve(&Flags::default(), &env(&[]), None, None).unwrap();
+        assert_eq!(c.http, HttpConfig::default());
+        assert_eq!(c.http.max_range_days, 36525);
+    }
+
+    #[test]
+    fn the_config_is_read_only_from_a_bounded_regular_file() {
+        let e = read_config_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_config_file(dir.path()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            // Would block forever if it were opened.
+            let e = read_config_file(&fifo).unwrap_err();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        let e = read_config_file(&big).unwrap_err();
+        assert!(e.contains("at most 1048576 bytes"), "{e}");
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "http_threads = 2\n").unwrap();
+        assert_eq!(read_config_file(&ok).unwrap(), "http_threads = 2\n");
     }
 
     #[test]

@@ -25,6 +25,24 @@ fn request_id(req: &Request) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// Longest path kept in an access-log line; plugin and ticker names are
+/// shorter by rule, but a bad request can carry anything up to the URI limit.
+const MAX_LOGGED_PATH: usize = 256;
+const MAX_LOGGED_NAME: usize = 64;
+
+/// `s` cut to `max` bytes (on a character boundary) with the cut size noted,
+/// so one request cannot write a multi-KiB log line.
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…(+{} bytes)", &s[..end], s.len() - end))
+}
+
 pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
@@ -39,10 +57,10 @@ pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     };
     crate::logging::access(&crate::logging::AccessLine {
         request_id: id.to_str().unwrap_or(""),
-        method: method.as_str(),
-        path: &path,
-        plugin,
-        ticker,
+        method: &clip(method.as_str(), MAX_LOGGED_NAME),
+        path: &clip(&path, MAX_LOGGED_PATH),
+        plugin: &clip(plugin, MAX_LOGGED_NAME),
+        ticker: &clip(ticker, MAX_LOGGED_NAME),
         cache: resp
             .headers()
             .get("x-cache")
@@ -53,4 +71,19 @@ pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     });
     resp.headers_mut().insert("x-request-id", id);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn long_fields_are_cut_with_the_rest_counted() {
+        assert_eq!(clip("/v1/data/x/Y", 256), "/v1/data/x/Y");
+        let long = "a".repeat(18 * 1024);
+        let c = clip(&long, 256);
+        assert!(c.len() < 300, "{}", c.len());
+        assert!(c.ends_with("…(+18176 bytes)"), "{c}");
+        assert!(clip(&"é".repeat(200), 255).starts_with('é'));
+    }
 }

@@ -23,8 +23,7 @@ pub(crate) fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
             let given = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(bearer_token);
             match given {
                 Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
                 Some(_) => Err(ApiError::Unauthorized("the bearer token is wrong".into())),
@@ -39,6 +38,13 @@ pub(crate) fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
             cfg.listen
         ))),
     }
+}
+
+/// The credentials of `Bearer <token>`; the scheme name is case-insensitive
+/// (RFC 7235 §2.1), so `bearer` and `BEARER` work too.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 pub(crate) fn parse_selector(raw: Option<&str>) -> Result<Selector, ApiError> {
@@ -94,6 +100,10 @@ pub(crate) async fn delete_cache(
 pub(crate) async fn reload(State(d): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&d, &headers)?;
     let outcome = d.reload_all().await;
+    if let Some(e) = &outcome.plugins.error {
+        // The rescan did nothing: a 200 would read as "reloaded".
+        return Err(ApiError::Internal(e.clone()));
+    }
     Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null)))
 }
 
@@ -123,5 +133,14 @@ mod tests {
         assert_eq!(field("plugin=yahoo&end=2024-01-01"), "start");
         assert_eq!(field("plugin=yahoo&colour=red"), "colour");
         assert_eq!(field("ticker=BAD:TICKER"), "ticker");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer t0k", "bearer t0k", "BEARER t0k", "BeArEr  t0k "] {
+            assert_eq!(bearer_token(h), Some("t0k"), "{h}");
+        }
+        assert_eq!(bearer_token("Basic dXNlcg=="), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! `GET /v1/data/{plugin}/{ticker}`.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -60,12 +61,14 @@ pub(crate) fn parse_request(
 
 pub(crate) async fn get_data(
     State(d): State<AppState>,
-    Path((plugin, ticker)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path((plugin, ticker)) = path?;
     let today = chrono::Utc::now().date_naive();
     let (req, q) = parse_request(&plugin, &ticker, raw.as_deref(), today)?;
+    req.range.check_span(d.config.load().http.max_range_days)?;
     let format = wants(&q, &headers)?;
     let answer = d.pipeline.get(&req).await?;
     let x_cache = HeaderValue::from_static(answer.status.header());

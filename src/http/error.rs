@@ -45,6 +45,14 @@ impl From<InvalidField> for ApiError {
     }
 }
 
+/// A path segment that cannot be decoded (`%ff` is not UTF-8) is a 400
+/// with the same JSON body as every other bad request.
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::bad_request("path", r.body_text())
+    }
+}
+
 impl ApiError {
     pub(crate) fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::BadRequest {

@@ -49,7 +49,11 @@ async fn cooldown_json(d: &AppState, plugin: &str) -> Value {
     json!(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
 }
 
-pub(crate) async fn get_plugin(State(d): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn get_plugin(
+    State(d): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
     let slot = d
         .registry
         .get(&name)

@@ -56,6 +56,26 @@ impl DateRange {
         }
     }
 
+    /// Days covered, both ends included.
+    pub fn days(&self) -> u64 {
+        (self.end - self.start).num_days().unsigned_abs() + 1
+    }
+
+    /// Refuses a range longer than `max_days` (`max_range_days`): a century
+    /// of daily bars is megabytes per request, to build, cache and send.
+    pub fn check_span(&self, max_days: u32) -> Result<(), InvalidField> {
+        let days = self.days();
+        if days > u64::from(max_days) {
+            return Err(InvalidField::new(
+                "start",
+                format!(
+                    "the range {self} covers {days} days; the limit is {max_days} days (max_range_days); ask for a shorter range"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn start(&self) -> NaiveDate {
         self.start
     }
@@ -128,6 +148,17 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn a_range_longer_than_the_limit_is_refused_naming_it() {
+        let r = DateRange::new(d("1900-01-01"), d("2100-12-31")).unwrap();
+        let e = r.check_span(36525).unwrap_err();
+        assert_eq!(e.field, "start");
+        assert!(e.message.contains("36525 days (max_range_days)"), "{}", e.message);
+        let r = DateRange::new(d("2024-01-01"), d("2024-01-01")).unwrap();
+        assert_eq!(r.days(), 1);
+        assert!(r.check_span(1).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod convert;
 mod files;
 pub mod host;
 mod manifest;
+mod message;
 mod output;
 mod pattern;
 mod registry;
@@ -79,7 +80,12 @@ impl Plugin {
     ) -> Result<Arc<Self>, LoadProblem> {
         let version = sha256_hex(source.as_bytes());
         let source: Arc<str> = Arc::from(source);
-        let display = file.display().to_string();
+        // Messages name the file relative to the plugins directory (plugins
+        // sit directly in it): the daemon's own paths are no business of a client.
+        let display = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| file.display().to_string());
         // Settings need the manifest, the manifest needs a load: start with
         // the overrides alone and fill in once the first state has loaded.
         let provisional = Settings::effective(&Manifest::default(), overrides, default_ttl);

@@ -52,6 +52,10 @@ pub struct ScanReport {
     pub failed: Vec<String>,
     pub unloaded: Vec<String>,
     pub unchanged: usize,
+    /// Set when the plugins directory itself could not be read: nothing
+    /// was rescanned and the plugins already loaded keep serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub struct Registry {
@@ -61,6 +65,10 @@ pub struct Registry {
     default_ttl: ArcSwap<Duration>,
     metrics: Arc<Metrics>,
     scan_lock: tokio::sync::Mutex<()>,
+    /// The last "cannot read the plugins directory" error logged, so a
+    /// lasting problem (fd exhaustion, a removed mount) is logged once
+    /// rather than on every rescan.
+    dir_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Registry {
@@ -77,6 +85,7 @@ impl Registry {
             default_ttl: ArcSwap::from_pointee(default_ttl),
             metrics,
             scan_lock: tokio::sync::Mutex::new(()),
+            dir_error: std::sync::Mutex::new(None),
         })
     }
 
@@ -120,12 +129,27 @@ impl Registry {
         let listed = match list_plugin_files(&dir) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugins directory; keeping the plugins already loaded (check the path and its permissions)");
+                let error = e.to_string();
+                if let Ok(mut last) = self.dir_error.lock()
+                    && last.as_deref() != Some(error.as_str())
+                {
+                    tracing::error!(dir = %dir.display(), %error, "cannot read the plugins directory; keeping the plugins already loaded (check the path and its permissions; logged again only when the error changes)");
+                    *last = Some(error.clone());
+                }
+                report.error = Some(format!(
+                    "cannot read the plugins directory {}: {error}; the plugins already loaded keep serving",
+                    dir.display()
+                ));
                 return report;
             }
         };
         for (path, why) in &listed.bad_names {
             tracing::warn!(file = %path.display(), "skipping: {why}");
+        }
+        if let Ok(mut last) = self.dir_error.lock()
+            && last.take().is_some()
+        {
+            tracing::info!(dir = %dir.display(), "the plugins directory can be read again");
         }
         let before = self.slots.load_full();
         let mut next: BTreeMap<String, Arc<PluginSlot>> = BTreeMap::new();

@@ -171,13 +171,14 @@ impl PluginState {
         for cause in e.chain() {
             if let Some(h) = cause.downcast_ref::<HostError>() {
                 let where_ = lua_location(e).map(|l| format!(" (at {l})")).unwrap_or_default();
+                let m = &super::message::cut(&h.to_string());
                 return match h {
-                    HostError::Upstream(m) => FetchError::UpstreamError(format!("plugin {p}: {m}{where_}")),
-                    HostError::Timeout(m) => FetchError::PluginTimeout(format!("plugin {p}: {m}{where_}")),
-                    HostError::NoData(m) => FetchError::NoData(format!("plugin {p}: {m}")),
-                    HostError::Limit(m) => FetchError::PluginError(format!("plugin {p}: {m}{where_}")),
+                    HostError::Upstream(_) => FetchError::UpstreamError(format!("plugin {p}: {m}{where_}")),
+                    HostError::Timeout(_) => FetchError::PluginTimeout(format!("plugin {p}: {m}{where_}")),
+                    HostError::NoData(_) => FetchError::NoData(format!("plugin {p}: {m}")),
+                    HostError::Limit(_) => FetchError::PluginError(format!("plugin {p}: {m}{where_}")),
                     HostError::RateLimited { message, retry_after } => FetchError::UpstreamRefused {
-                        message: format!("plugin {p}: {message}"),
+                        message: format!("plugin {p}: {}", super::message::cut(message)),
                         retry_after: *retry_after,
                     },
                 };
@@ -222,10 +223,12 @@ fn flatten(e: &mlua::Error) -> String {
             }
         }
         mlua::Error::WithContext { cause, .. } => flatten(cause),
-        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => first_line(m),
-        mlua::Error::SyntaxError { message, .. } => first_line(message),
-        mlua::Error::ExternalError(x) => x.to_string(),
-        other => first_line(&other.to_string()),
+        mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => {
+            super::message::cut(&super::message::readable(&first_line(m)))
+        }
+        mlua::Error::SyntaxError { message, .. } => super::message::cut(&first_line(message)),
+        mlua::Error::ExternalError(x) => super::message::cut(&x.to_string()),
+        other => super::message::cut(&first_line(&other.to_string())),
     }
 }
 

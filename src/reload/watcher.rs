@@ -114,7 +114,13 @@ pub(crate) fn watch(daemon: Arc<Daemon>) -> Result<WatchHandle, String> {
 }
 
 async fn apply(daemon: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Target>, config_file: Option<PathBuf>) {
-    let read_hash = |p: &Path| std::fs::read(p).ok().map(|b| sha256_hex(&b));
+    // Bounded like the config load itself, so a path swapped for a FIFO or a
+    // huge file is not read without end.
+    let read_hash = |p: &Path| {
+        crate::config::read_config_file(p)
+            .ok()
+            .map(|t| sha256_hex(t.as_bytes()))
+    };
     let mut config_hash = config_file.as_deref().and_then(read_hash);
     while let Some(first) = rx.recv().await {
         let mut plugins = first == Target::Plugins;
@@ -126,12 +132,16 @@ async fn apply(daemon: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Target>, con
         if config && let Some(path) = &config_file {
             let now = read_hash(path);
             if now.is_some() && now != config_hash {
-                match daemon.reload_config() {
-                    Ok(_) => config_hash = now,
-                    Err(e) => tracing::error!(
+                // Remembered whether it loads or not: a broken file is
+                // reported once per distinct content, not on every event in
+                // its directory (a log file written next to it would
+                // otherwise repeat the error many times a second).
+                config_hash = now;
+                if let Err(e) = daemon.reload_config() {
+                    tracing::error!(
                         file = %path.display(), error = %e,
                         "config file changed but does not load; keeping the running config (fix it and save again)"
-                    ),
+                    );
                 }
             }
         }
