@@ -441,7 +441,7 @@ const MAX_TTL: Duration = Duration::from_secs(3650 * 86400);
 /// A bound as it would be written in the config: `3650d`, `10m`, `250ms`.
 fn show(d: Duration) -> String {
     let ms = d.as_millis();
-    let whole = d.subsec_nanos() % 1_000_000 == 0;
+    let whole = d.subsec_nanos().is_multiple_of(1_000_000);
     match ms {
         0 if d.is_zero() => "0s".to_owned(),
         ms if whole && ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
