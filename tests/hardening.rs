@@ -176,7 +176,7 @@ fn out_of_bounds_numbers_are_refused_naming_key_and_bounds() {
 async fn a_broken_config_save_is_logged_once_per_content() {
     let s = start_with("").await;
     let good = std::fs::read_to_string(&s.d.config_path).expect("config");
-    std::fs::write(&s.d.config_path, format!("{good}\nnot toml at all [[[\n")).expect("write");
+    save_by_rename(&s.d.config_path, &format!("{good}\nnot toml at all [[[\n"));
     let count = |log: &str| log.matches("config file changed but does not load").count();
     wait_for("the broken config to be reported", Duration::from_secs(10), || {
         let n = count(&s.d.log());
@@ -194,7 +194,7 @@ async fn a_broken_config_save_is_logged_once_per_content() {
     }
     let _ = std::fs::remove_file(&noise);
     // A second, different broken content is reported again, once.
-    std::fs::write(&s.d.config_path, format!("{good}\nstill [[[ broken\n")).expect("write");
+    save_by_rename(&s.d.config_path, &format!("{good}\nstill [[[ broken\n"));
     wait_for(
         "the second broken content to be reported",
         Duration::from_secs(10),
@@ -294,4 +294,13 @@ async fn access_log_fields_are_cut() {
     for line in log.lines().filter(|l| l.contains("AAAAAAAA")) {
         assert!(line.len() < 2048, "a {} byte log line: {}", line.len(), &line[..200]);
     }
+}
+
+/// Saves `text` as an editor does (write aside, rename over), so the watcher
+/// never reads a half-written file: a truncated read would be one more
+/// distinct broken content, and the test counts those.
+fn save_by_rename(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp-save");
+    std::fs::write(&tmp, text).expect("write the new config aside");
+    std::fs::rename(&tmp, path).expect("rename it over the config");
 }
