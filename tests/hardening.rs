@@ -71,6 +71,12 @@ async fn a_range_longer_than_max_range_days_is_a_400_naming_the_limit() {
             .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("the limit is 30 days"), "{body}");
+    // The bulk route applies the same limit before fetching any ticker.
+    let (status, body) =
+        s.d.get_json("/v1/data/synthetic?tickers=AAPL,MSFT&start=2024-01-01&end=2024-03-01")
+            .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("the limit is 30 days"), "{body}");
 }
 
 // ---- item 5 -------------------------------------------------------------
