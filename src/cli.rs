@@ -149,7 +149,7 @@ pub fn main() -> ExitCode {
             format,
         } => {
             if tickers.len() == 1 && tickers_file.is_none() && out.is_none() {
-                // One ticker: its body, as SPEC §1 has it.
+                // One ticker: its body, as the README's CLI table has it.
                 fetch(config, flags, &plugin, &tickers[0], start, end, refresh, format)
             } else {
                 let args = fetch_many::Args {

@@ -31,7 +31,7 @@ pub enum FetchError {
     #[error("{0}")]
     PluginTimeout(String),
     /// No turn of the plugin's upstream budget within `max_wait`, or the
-    /// plugin is cooling down after an upstream refusal (SPEC §7): 429 with
+    /// plugin is cooling down after an upstream refusal (README "Rate limits"): 429 with
     /// `Retry-After: retry_after_s` (whole seconds, at least 1).
     #[error("{message}")]
     RateLimited { message: String, retry_after_s: u64 },

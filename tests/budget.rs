@@ -1,4 +1,4 @@
-//! Upstream budgets (SPEC §7) on a real redis-server, real daemons and the
+//! Upstream budgets (README "Rate limits") on a real redis-server, real daemons and the
 //! mock upstream: the fleet-wide sliding window, 429 + Retry-After when no
 //! turn comes in time, stale beating 429, and the fleet-wide cool-down after
 //! an upstream 429.

@@ -1,4 +1,4 @@
-//! `tickerd fetch PLUGIN TICKER... --tickers-file --out --format` (SPEC §7):
+//! `tickerd fetch PLUGIN TICKER... --tickers-file --out --format` (README "Rate limits"):
 //! files per ticker, NDJSON to stdout with a failing ticker, and the
 //! progress bar as drawn on a pseudo-terminal (`script`).
 

@@ -1,4 +1,4 @@
-//! Production Redis (SPEC §9): TLS through rustls against a real
+//! Production Redis (README "Production Redis"): TLS through rustls against a real
 //! `redis-server --tls-port` with certificates made here, ACL users under
 //! the README's least-privilege rule, and passwords that never show.
 

@@ -1,4 +1,4 @@
-//! Sentinel failover (SPEC §9): a master, a replica and three sentinels on
+//! Sentinel failover (README "Production Redis"): a master, a replica and three sentinels on
 //! loopback; tickerd asks the sentinels for the master, and when the master
 //! dies it moves to the promoted replica without a restart, while no request
 //! fails (the memory layer serves during the switch).

@@ -1,4 +1,4 @@
-//! The range-aware store (SPEC §4) end to end: the real binary, a real
+//! The range-aware store (README "Cache behaviour") end to end: the real binary, a real
 //! redis-server, real HTTP: partial fetches, Redis economy, two daemons on
 //! one Redis, garbage keys, failing writes.
 

@@ -1,5 +1,5 @@
 #!lua name=tickerd_budget
--- Upstream budgets shared by every daemon on this Redis (SPEC §7).
+-- Upstream budgets shared by every daemon on this Redis (README "Rate limits").
 -- Loaded with FUNCTION LOAD REPLACE by tickerd (src/budget/fleet.rs); the
 -- arithmetic is the same as src/budget/window.rs, on the server's clock.
 --

@@ -1,4 +1,4 @@
-//! Upstream budgets (SPEC §7): every plugin call waits for a turn of the
+//! Upstream budgets (README "Rate limits"): every plugin call waits for a turn of the
 //! plugin's `rate_limit`, counted across every daemon sharing the Redis, and
 //! an upstream refusal cools the plugin down fleet-wide.
 //!

@@ -1,6 +1,6 @@
 //! Where the daemon's Redis connections go and how they prove themselves:
 //! the configured URL(s), ACL credentials, TLS (rustls) and Sentinel,
-//! turned into a redis crate `Client` or `ClusterClient` (SPEC §9).
+//! turned into a redis crate `Client` or `ClusterClient` (README "Production Redis").
 //!
 //! Connection details are built as `ConnectionInfo` values, never as URL
 //! strings with a password in them, so nothing that is logged or shown can

@@ -79,7 +79,7 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Cluster seed nodes, without credentials.
     pub nodes: Vec<String>,
-    /// Credentials, TLS files and Sentinel (SPEC §9).
+    /// Credentials, TLS files and Sentinel (README "Production Redis").
     pub access: RedisAccess,
 }
 
@@ -142,7 +142,7 @@ pub struct PluginOverrides {
     pub settle: Option<Duration>,
     /// How long settled dates stay fresh.
     pub settled_ttl: Option<Duration>,
-    /// Upstream budget (SPEC §7); `Some(empty)` lifts the plugin's own limit.
+    /// Upstream budget (README "Rate limits"); `Some(empty)` lifts the plugin's own limit.
     pub rate_limit: Option<RateLimit>,
     /// How long a call may wait for a turn of the budget.
     pub max_wait: Option<Duration>,

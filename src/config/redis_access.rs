@@ -1,5 +1,5 @@
 //! How tickerd proves who it is to Redis and which server it trusts: ACL
-//! credentials, TLS files and Sentinel (SPEC §9).
+//! credentials, TLS files and Sentinel (README "Production Redis").
 //!
 //! Credentials are taken out of every URL here, once, so the URLs kept in
 //! [`super::RedisConfig`] can be logged and shown as they are; the password

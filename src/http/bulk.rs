@@ -1,4 +1,4 @@
-//! `GET /v1/data/{plugin}?tickers=A,B,...&start=&end=` (SPEC §7): many
+//! `GET /v1/data/{plugin}?tickers=A,B,...&start=&end=` (README "Rate limits"): many
 //! tickers as NDJSON, one line per ticker in completion order, each the data
 //! answer of §2 or `{"ticker": "X", "error": {"code": ..., "message": ...}}`.
 

@@ -1,4 +1,4 @@
-//! An upstream budget as users write it (SPEC §7): `"10/s"`, `"5/min"`,
+//! An upstream budget as users write it (README "Rate limits"): `"10/s"`, `"5/min"`,
 //! `"100/h"`, `"25/day"`, or a list of them that must all hold.
 //!
 //! Parsed once where it is declared (plugin file or `[plugins.<name>]`), so

@@ -1,4 +1,4 @@
-//! Many tickers of one plugin at once (SPEC §7): the NDJSON bulk route and
+//! Many tickers of one plugin at once (README "Rate limits"): the NDJSON bulk route and
 //! `tickerd fetch PLUGIN TICKER...`. Each ticker is one ordinary request
 //! through [`Pipeline::get`] (same cache, same budget, same metrics); they
 //! run concurrently within what the plugin's `max_concurrency` and budget

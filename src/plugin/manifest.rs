@@ -22,7 +22,7 @@ pub struct Manifest {
     pub settle: Option<Duration>,
     /// ... and stay fresh this long.
     pub settled_ttl: Option<Duration>,
-    /// The upstream budget the plugin declares (SPEC §7).
+    /// The upstream budget the plugin declares (README "Rate limits").
     pub rate_limit: Option<RateLimit>,
     pub max_wait: Option<Duration>,
 }

@@ -136,7 +136,7 @@ impl PluginState {
     }
 
     /// A fetch that failed after one of its `http` calls was refused (429, or
-    /// 503 with `Retry-After`) failed because of the refusal (SPEC §7).
+    /// 503 with `Retry-After`) failed because of the refusal (README "Rate limits").
     fn refused_or(&self, refusal: Option<host::Refusal>, err: FetchError) -> FetchError {
         match (refusal, err) {
             // errors.rate_limited without seconds: the header's, if one came.

@@ -45,7 +45,7 @@ pub enum HostError {
 
 /// An upstream refusal seen by an `http` call during one fetch: a 429, or a
 /// 503 that carried `Retry-After`. If the fetch then fails, the failure is
-/// the refusal (SPEC §7), whatever the plugin made of the status.
+/// the refusal (README "Rate limits"), whatever the plugin made of the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
