@@ -83,3 +83,74 @@ async fn invalidation_and_refresh_in_one_daemon_evict_every_l1() {
     let m = b.metrics().await;
     assert!(common::expect_metric(&m, "cache_hits_total", &[("plugin", "synthetic"), ("cache_type", "l1")]) >= 1.0);
 }
+
+/// README "L1": a daemon that is not subscribed to invalidations does not
+/// read its L1 (it could miss another daemon's write). The daemon's Redis
+/// user may do everything but subscribe, so its subscription never comes up
+/// while reads and writes work.
+#[tokio::test]
+async fn a_daemon_that_cannot_subscribe_never_reads_its_l1() {
+    let redis = RedisServer::start();
+    let mut c = redis.conn();
+    let user = unique("nosub");
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">nosub-password")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-subscribe")
+        .arg("-psubscribe")
+        .arg("-ssubscribe")
+        .query(&mut c)
+        .expect("ACL SETUSER");
+    let url = redis
+        .url()
+        .replace("redis://", &format!("redis://{user}:nosub-password@"));
+    let prefix = unique("l1");
+    let d = DaemonBuilder::new(&url)
+        .bundled("synthetic")
+        .config(&format!(
+            "[redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\n[cache]\nl1_ttl = \"60s\"\n"
+        ))
+        .start()
+        .await;
+    // The event: Redis refused this daemon's SUBSCRIBE.
+    wait_for(
+        "the daemon's SUBSCRIBE to be refused",
+        Duration::from_secs(10),
+        || async {
+            let mut c = redis.conn();
+            let log: redis::Value = redis::cmd("ACL").arg("LOG").query(&mut c).expect("ACL LOG");
+            let log = format!("{log:?}");
+            (log.contains(&user) && log.contains("subscribe")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(d.get_json("/v1/stats").await.1["l1"], "bypassed");
+
+    assert_eq!(layer(&d, PATH).await.0, "MISS");
+    for _ in 0..3 {
+        let (x, l, body) = layer(&d, PATH).await;
+        assert_eq!((x.as_str(), l.as_str()), ("HIT", "redis"), "{body}");
+    }
+    let m = d.metrics().await;
+    assert!(
+        matches!(
+            common::metric(&m, "cache_hits_total", &[("plugin", "synthetic"), ("cache_type", "l1")]),
+            None | Some(0.0)
+        ),
+        "no L1 hit"
+    );
+    assert_eq!(
+        common::expect_metric(
+            &m,
+            "cache_hits_total",
+            &[("plugin", "synthetic"), ("cache_type", "redis")]
+        ),
+        3.0
+    );
+    assert_eq!(d.get_json("/v1/stats").await.1["l1"], "bypassed");
+}

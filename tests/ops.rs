@@ -152,3 +152,43 @@ async fn status_page_lists_plugins_and_charts_the_chosen_ticker() {
     );
     assert!(html.contains("synthetic MSFT"), "the chart names the chosen ticker");
 }
+
+/// README: requests for a plugin that is not loaded are counted under
+/// `plugin="(unknown)"`, so clients cannot create metric series at will.
+#[tokio::test]
+async fn requests_for_unknown_plugins_share_the_unknown_label() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url()).bundled("synthetic").start().await;
+    let names = ["nosuchone", "nosuchtwo", "nosuchthree"];
+    for name in names {
+        let (s, body) = d
+            .get_json(&format!("/v1/data/{name}/AAPL?start=2024-01-02&end=2024-01-02"))
+            .await;
+        assert_eq!(s, 404, "{body}");
+        assert_eq!(body["error"]["code"], "plugin_not_found", "{body}");
+    }
+    let (s, _) = d
+        .get_json("/v1/data/synthetic/AAPL?start=2024-01-02&end=2024-01-02")
+        .await;
+    assert_eq!(s, 200);
+    let m = d.metrics().await;
+    assert_eq!(
+        expect_metric(&m, "stock_requests_total", &[("plugin", "(unknown)")]),
+        3.0
+    );
+    assert_eq!(
+        expect_metric(
+            &m,
+            "stock_requests_failure_total",
+            &[("plugin", "(unknown)"), ("reason", "plugin_not_found")]
+        ),
+        3.0
+    );
+    // A loaded plugin keeps its own label.
+    assert_eq!(
+        expect_metric(&m, "stock_requests_total", &[("plugin", "synthetic")]),
+        1.0
+    );
+    let leaked: Vec<&str> = m.lines().filter(|l| l.contains("nosuch")).collect();
+    assert!(leaked.is_empty(), "series named after unknown plugins: {leaked:#?}");
+}

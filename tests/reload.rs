@@ -381,3 +381,47 @@ async fn sighup_rescans() {
     .await;
     wait_version(&d, PATH, "B").await;
 }
+
+/// README: settings that cannot change at run time log "restart needed" on
+/// a config reload and keep their running values, while `[plugins.*]` and
+/// `[cache]` from the same edit apply.
+#[tokio::test]
+async fn a_reload_changing_restart_only_settings_logs_that_a_restart_is_needed() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("p", &plugin_src("A"))
+        .config("[plugins.p]\nttl = \"100s\"\n")
+        .start()
+        .await;
+    const NEEDED: &str = "restart tickerd to apply them";
+    assert!(!d.log().contains(NEEDED));
+    let cfg_path = d.config_path.clone();
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    // admin_token is top-level: it goes before the first section.
+    let text = format!("admin_token = \"new-token-from-reload\"\n{text}")
+        .replace("ttl = \"100s\"", "ttl = \"200s\"")
+        .replace("op_timeout = \"250ms\"", "op_timeout = \"300ms\"");
+    write_atomically(&cfg_path, &text);
+    wait_for("the reload to apply ttl 200", Duration::from_secs(10), || async {
+        (plugin_info(&d, "p").await.1["ttl_s"] == 200).then_some(())
+    })
+    .await;
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(NEEDED))
+        .unwrap_or_else(|| panic!("no \"{NEEDED}\" line in the log:\n{}", common::tail(&log, 20)));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("admin_token") && line.contains("redis"),
+        "names what changed: {line}"
+    );
+    assert!(
+        !line.contains("listen") && !line.contains("http_threads"),
+        "names only what changed: {line}"
+    );
+    // The running admin_token (none) is kept: admin routes still answer
+    // loopback callers without a token.
+    let r = d.http.post(d.url("/v1/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the new admin_token is not in force before a restart");
+}

@@ -246,3 +246,57 @@ async fn long_c_loops_in_table_and_string_functions_stop_at_the_timeout() {
     assert_eq!(body["meta"]["sorted"], true, "{body}");
     assert_idle_after(&s.d, "string.rep and table.sort").await;
 }
+
+/// One Lua state only, so the request after the stuck one must run in the
+/// very state that was stuck. `calls` and `marker` live in that state.
+const ONE_STATE: &str = r#"
+local calls, marker = 0, "unset"
+return {
+  timeout = "1s",
+  fetch = function(req)
+    calls = calls + 1
+    local meta = { calls = calls }
+    if req.ticker == "STUCK" then
+      marker = "set by the stuck fetch"
+      -- Backtracks for hours in a C matcher; tickerd's matcher looks at the
+      -- deadline every few thousand steps.
+      string.gsub(string.rep("a", 1e6), ".-.-.-.-b", "x")
+    end
+    meta.marker = marker
+    return { bars = { { date = req.start_date, open = 1, high = 1, low = 1, close = 1 } }, meta = meta }
+  end,
+}
+"#;
+
+/// docs/PLUGINS.md: a pattern stuck in the matcher ends with 504
+/// `plugin_timeout` at the timeout; only a fetch still unanswered 1 s past
+/// its timeout quarantines the plugin. So the plugin is not quarantined, and
+/// its only Lua state (kept, with its upvalues) serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_stuck_in_the_matcher_times_out_and_its_only_state_serves_on() {
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .plugin("one", ONE_STATE)
+        .config("[plugins.one]\nstates = 1\n")
+        .start()
+        .await;
+    let (status, body) = d.get_json(&format!("/v1/data/one/STUCK{ONE_DAY}")).await;
+    assert_eq!(status, 504, "{body}");
+    let (code, msg) = common::error_of(&body);
+    assert_eq!(code, "plugin_timeout", "{body}");
+    assert!(msg.contains("timeout of 1s"), "{msg}");
+    assert!(
+        !msg.contains("quarantined"),
+        "stopped at the timeout, not wedged: {msg}"
+    );
+
+    // The same (single) state answers the next request: it saw the first
+    // call and keeps what that call set before it was stopped.
+    let (status, body) = d.get_json(&format!("/v1/data/one/NEXT{ONE_DAY}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["meta"]["calls"], 2, "{body}");
+    assert_eq!(body["meta"]["marker"], "set by the stuck fetch", "{body}");
+    let log = d.log();
+    assert!(!log.contains("plugin quarantined"), "{}", common::tail(&log, 20));
+    assert_idle_after(&d, "the stuck matcher").await;
+}

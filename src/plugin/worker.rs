@@ -4,8 +4,11 @@
 //! interleaves many fetches that wait on HTTP (a waiting plugin blocks no
 //! thread), while Lua itself stays on the thread that owns it. Keeping Lua
 //! off the main runtime also contains the one thing hooks cannot stop: a C
-//! function (a pathological pattern match) that runs for minutes wedges only
-//! this worker, which the pool then replaces.
+//! function that runs for minutes wedges only this worker, which the pool
+//! marks as wedged; the plugin is then quarantined until it is reloaded
+//! (`Plugin::fetch`). The known routes (pattern matching, long table and
+//! string loops) are bounded by the sandbox, so they time out in place and
+//! the state serves on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
