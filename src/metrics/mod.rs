@@ -96,12 +96,12 @@ impl PluginMetrics {
     /// so it only appears where L1 is configured.
     pub fn hit_l1(&self) {
         self.l1
-            .get_or_init(|| self.hits.with_label_values(&[&self.plugin, "l1"]))
+            .get_or_init(|| self.hits.with_label_values(&[self.plugin.as_str(), "l1"]))
             .inc();
     }
 
     pub fn failure(&self, reason: &str) {
-        self.failure.with_label_values(&[&self.plugin, reason]).inc();
+        self.failure.with_label_values(&[self.plugin.as_str(), reason]).inc();
     }
 }
 
