@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::cache::Selector;
 use crate::config::{Config, Flags};
 use crate::daemon::Daemon;
-use crate::model::{DateRange, PluginName, Ticker};
+use crate::model::PluginName;
 use crate::pipeline::DataRequest;
 use crate::plugin::{PluginFile, Settings, check_source, is_meta_file, list_plugin_files, sha256_hex};
 
@@ -44,30 +44,7 @@ enum Command {
         poll: bool,
     },
     /// One request through the same pipeline and cache; prints the body.
-    Fetch {
-        plugin: String,
-        /// One ticker prints its body; several (or --tickers-file, --out)
-        /// print one JSON line each, or write DIR/<TICKER>.csv|json.
-        #[arg(required_unless_present = "tickers_file")]
-        tickers: Vec<String>,
-        /// Tickers to fetch, one or more a line (`#` comments; `-` is stdin).
-        #[arg(long, value_name = "FILE")]
-        tickers_file: Option<PathBuf>,
-        /// Write DIR/<TICKER>.csv or .json (per --format) instead of stdout.
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        start: Option<String>,
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        end: Option<String>,
-        #[arg(long)]
-        refresh: bool,
-        #[arg(long, value_enum, default_value_t = OutFormat::Json)]
-        format: OutFormat,
-    },
+    Fetch(fetch_many::Args),
     /// Delete cache entries; prints how many.
     Invalidate {
         #[arg(long)]
@@ -137,32 +114,11 @@ pub fn main() -> ExitCode {
             let daemon = Daemon::new(config, flags);
             ExitCode::from(rt.block_on(crate::server::serve(daemon)))
         }
-        Command::Fetch {
-            plugin,
-            tickers,
-            tickers_file,
-            out,
-            quiet,
-            start,
-            end,
-            refresh,
-            format,
-        } => {
-            if tickers.len() == 1 && tickers_file.is_none() && out.is_none() {
+        Command::Fetch(args) => {
+            if args.tickers.len() == 1 && args.tickers_file.is_none() && args.out.is_none() {
                 // One ticker: its body, as the README's CLI table has it.
-                fetch(config, flags, &plugin, &tickers[0], start, end, refresh, format)
+                fetch(config, flags, args)
             } else {
-                let args = fetch_many::Args {
-                    plugin,
-                    tickers,
-                    tickers_file,
-                    out,
-                    quiet,
-                    start,
-                    end,
-                    refresh,
-                    format,
-                };
                 fetch_many::run(config, flags, args)
             }
         }
@@ -184,35 +140,28 @@ pub fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fetch(
-    config: Config,
-    flags: Flags,
-    plugin: &str,
-    ticker: &str,
-    start: Option<String>,
-    end: Option<String>,
-    refresh: bool,
-    format: OutFormat,
-) -> ExitCode {
+fn fetch(config: Config, flags: Flags, args: fetch_many::Args) -> ExitCode {
     let today = chrono::Utc::now().date_naive();
-    let req = (|| -> Result<DataRequest, crate::model::InvalidField> {
-        Ok(DataRequest {
-            plugin: PluginName::parse(plugin)?,
-            ticker: Ticker::parse(ticker)?,
-            range: DateRange::from_request(start.as_deref(), end.as_deref(), today)?,
-            refresh,
-        })
-    })();
+    let req = PluginName::parse(&args.plugin).and_then(|plugin| {
+        DataRequest::from_parts(
+            plugin,
+            &args.tickers[0],
+            args.start.as_deref(),
+            args.end.as_deref(),
+            args.refresh,
+            today,
+        )
+    });
     let req = match req {
         Ok(r) => r,
         Err(e) => return usage_error(e),
     };
+    let format = args.format;
     let Ok(rt) = runtime() else { return ExitCode::from(1) };
     rt.block_on(async move {
         let daemon = Daemon::new(config, flags);
         daemon.start().await;
-        match daemon.pipeline.get(&req).await {
+        match daemon.get(&req).await {
             Ok(answer) => {
                 match format {
                     OutFormat::Json => println!("{}", String::from_utf8_lossy(&answer.to_json())),
@@ -238,42 +187,34 @@ fn invalidate(
     start: Option<String>,
     end: Option<String>,
 ) -> ExitCode {
-    let sel = (|| -> Result<Selector, crate::model::InvalidField> {
-        let range = match (&start, &end) {
-            (Some(s), Some(e)) => Some(DateRange::from_request(
-                Some(s),
-                Some(e),
-                chrono::Utc::now().date_naive(),
-            )?),
-            _ => None,
-        };
-        Ok(Selector {
-            plugin: plugin.as_deref().map(PluginName::parse).transpose()?,
-            ticker: ticker.as_deref().map(Ticker::parse).transpose()?,
-            range,
-        })
-    })();
-    let sel = match sel {
-        Ok(s) if s.plugin.is_none() && s.ticker.is_none() => {
+    let today = chrono::Utc::now().date_naive();
+    let sel = match Selector::from_parts(
+        plugin.as_deref(),
+        ticker.as_deref(),
+        start.as_deref(),
+        end.as_deref(),
+        today,
+    ) {
+        Ok(s) => s,
+        Err(e) if e.field == "plugin" && plugin.is_none() && ticker.is_none() => {
             return usage_error("invalidate needs --plugin, --ticker or both");
         }
-        Ok(s) => s,
         Err(e) => return usage_error(e),
     };
     let Ok(rt) = runtime() else { return ExitCode::from(1) };
     rt.block_on(async move {
         let daemon = Daemon::new(config, flags);
-        if let Err(e) = daemon.cache.redis().connect().await {
+        if let Err(e) = daemon.cache().redis().connect().await {
             eprintln!(
                 "tickerd: cannot reach redis at {}: {e}",
-                daemon.cache.redis().display_url()
+                daemon.cache().redis().display_url()
             );
             return ExitCode::from(1);
         }
         // Loaded plugins name their current cache_version, so their series
         // are found even where an index set is missing.
-        daemon.registry.rescan().await;
-        let done = daemon.pipeline.invalidate(&sel).await;
+        daemon.registry().rescan().await;
+        let done = daemon.invalidate(&sel).await;
         println!("{}", done.deleted);
         for p in &done.problems {
             eprintln!("tickerd: not removed: {p}");

@@ -8,21 +8,64 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::Cache;
+use crate::budget::Budget;
+use crate::cache::{Cache, Invalidated, Selector};
 use crate::config::{Config, ConfigError, Flags};
+use crate::error::FetchError;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::model::{DateRange, PluginName, Ticker};
+use crate::pipeline::{Answer, Bulk, BulkOptions, DataRequest, Pipeline};
 use crate::plugin::{Registry, ScanReport};
 
+/// The edges (HTTP, CLI, producer, watcher) reach the parts through these
+/// methods only, so a request takes the same road whichever edge it came by.
 pub(crate) struct Daemon {
-    pub config: ArcSwap<Config>,
-    pub flags: Flags,
-    pub metrics: Arc<Metrics>,
-    pub cache: Arc<Cache>,
-    pub registry: Arc<Registry>,
-    pub pipeline: Arc<Pipeline>,
-    pub started: Instant,
+    config: ArcSwap<Config>,
+    flags: Flags,
+    metrics: Arc<Metrics>,
+    cache: Arc<Cache>,
+    registry: Arc<Registry>,
+    pipeline: Arc<Pipeline>,
+    started: Instant,
     ready: AtomicBool,
+}
+
+/// The settings read once at start, listed once: the socket, the HTTP
+/// threads and connection limits, the Redis client, the memory layer's
+/// size, the admin token and the producer. A reload that changes one keeps
+/// the running value and logs that a restart is needed; the rest of the
+/// config (`[cache]` freshness, `[plugins.*]`, `max_range_days`) applies.
+macro_rules! restart_only {
+    ($($label:literal: $($field:ident).+;)*) => {
+        /// Names of the restart-only settings that differ.
+        fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+            let mut changed = Vec::new();
+            $(if old.$($field).+ != new.$($field).+ {
+                changed.push($label);
+            })*
+            changed
+        }
+
+        /// Puts back the running values of the restart-only settings.
+        fn keep_restart_only(old: &Config, new: &mut Config) {
+            $(new.$($field).+ = old.$($field).+.clone();)*
+        }
+    };
+}
+
+restart_only! {
+    "listen": listen;
+    "http_threads": http_threads;
+    "http.max_connections": http.max_connections;
+    "http.header_read_timeout": http.header_read_timeout;
+    "http.idle_timeout": http.idle_timeout;
+    "http.write_timeout": http.write_timeout;
+    "redis": redis;
+    "plugins_dir": plugins_dir;
+    "admin_token": admin_token;
+    "cache.memory_max_entries": cache.memory_max_entries;
+    "watch": watch;
+    "kafka": kafka;
 }
 
 /// What a reload did, as `POST /v1/reload` reports it.
@@ -59,6 +102,64 @@ impl Daemon {
         })
     }
 
+    /// The config in use (restart-only settings as started, the rest as
+    /// last reloaded). Cheap: for the request path.
+    pub(crate) fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The config in use, to keep beyond a request.
+    pub(crate) fn config_full(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        self.pipeline.budget()
+    }
+
+    /// When this process started (for `uptime_s`).
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// One request through the cache and, where needed, its plugin.
+    pub(crate) async fn get(&self, req: &DataRequest) -> Result<Answer, FetchError> {
+        self.pipeline.get(req).await
+    }
+
+    /// Many tickers of one plugin, answered as each completes.
+    pub(crate) fn get_many(
+        &self,
+        plugin: &PluginName,
+        tickers: Vec<Ticker>,
+        range: DateRange,
+        opts: BulkOptions,
+    ) -> Result<Bulk, FetchError> {
+        self.pipeline.get_many(plugin, tickers, range, opts)
+    }
+
+    /// Removes what `sel` selects from every layer.
+    pub(crate) async fn invalidate(&self, sel: &Selector) -> Invalidated {
+        self.pipeline.invalidate(sel).await
+    }
+
+    /// Plugin calls running now, in this process.
+    pub(crate) fn inflight_fetches(&self) -> usize {
+        self.pipeline.inflight_fetches()
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -66,7 +167,7 @@ impl Daemon {
     /// First connection attempt and first plugin scan; the daemon is ready after.
     pub(crate) async fn start(&self) -> ScanReport {
         match self.cache.redis().connect().await {
-            Ok(()) => self.pipeline.budget.load().await,
+            Ok(()) => self.pipeline.budget().load().await,
             Err(e) => tracing::warn!(
                 redis = %self.cache.redis().display_url(), error = %e,
                 "redis is not reachable at start; serving from the in-process memory cache and reconnecting in the background"
@@ -80,33 +181,9 @@ impl Daemon {
     /// Re-reads the config file and applies what can change at run time:
     /// `[plugins.*]` and `[cache]`. Anything else logs that a restart is needed.
     pub(crate) fn reload_config(&self) -> Result<bool, ConfigError> {
-        let new = Config::load(&self.flags)?;
+        let mut new = Config::load(&self.flags)?;
         let old = self.config.load_full();
-        let mut restart = Vec::new();
-        if new.listen != old.listen {
-            restart.push("listen");
-        }
-        if new.redis != old.redis {
-            restart.push("redis");
-        }
-        if new.http_threads != old.http_threads {
-            restart.push("http_threads");
-        }
-        if new.plugins_dir != old.plugins_dir {
-            restart.push("plugins_dir");
-        }
-        if new.admin_token != old.admin_token {
-            restart.push("admin_token");
-        }
-        if new.cache.memory_max_entries != old.cache.memory_max_entries {
-            restart.push("cache.memory_max_entries");
-        }
-        if new.watch != old.watch {
-            restart.push("watch");
-        }
-        if new.kafka != old.kafka {
-            restart.push("kafka");
-        }
+        let restart = restart_needed(&old, &new);
         if !restart.is_empty() {
             tracing::warn!(
                 settings = %restart.join(", "),
@@ -119,17 +196,9 @@ impl Daemon {
             self.registry.set_overrides(new.plugins.clone(), new.cache.default_ttl);
             tracing::info!("config reloaded: [cache] and [plugins.*] applied");
         }
-        // Keep the settings that need a restart as they are in use.
-        let mut merged = new;
-        merged.listen = old.listen;
-        merged.http_threads = old.http_threads;
-        merged.redis = old.redis.clone();
-        merged.plugins_dir = old.plugins_dir.clone();
-        merged.admin_token = old.admin_token.clone();
-        merged.cache.memory_max_entries = old.cache.memory_max_entries;
-        merged.watch = old.watch.clone();
-        merged.kafka = old.kafka.clone();
-        self.config.store(Arc::new(merged));
+        // The settings that need a restart stay as they are in use.
+        keep_restart_only(&old, &mut new);
+        self.config.store(Arc::new(new));
         Ok(changed)
     }
 

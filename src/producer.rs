@@ -26,11 +26,11 @@ pub(crate) struct Producer {
 /// Makes the sinks (the Kafka producer when a watch uses it) and starts one
 /// task per `[[watch]]` entry; they stop when `stop` turns true.
 pub(crate) fn spawn(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) -> Result<Producer, SinkError> {
-    let cfg = daemon.config.load_full();
+    let cfg = daemon.config_full();
     let sinks = Arc::new(Sinks::new(
         cfg.kafka.as_ref(),
-        Arc::clone(daemon.cache.redis()),
-        Arc::clone(&daemon.metrics),
+        Arc::clone(daemon.cache().redis()),
+        Arc::clone(daemon.metrics()),
     )?);
     let tasks = cfg
         .watch
@@ -107,7 +107,7 @@ async fn round(daemon: &Arc<Daemon>, sinks: &Sinks, entry: &WatchEntry, stop: &w
             range,
             refresh: false,
         };
-        match daemon.pipeline.get(&req).await {
+        match daemon.get(&req).await {
             Ok(answer) => {
                 // Bars as stored: each is checked JSON, so the array is too.
                 let Ok(bars) =

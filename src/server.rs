@@ -23,7 +23,7 @@ async fn shutdown_signal() {
 
 /// Runs the daemon until a shutdown signal; returns the process exit code.
 pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
-    let cfg = daemon.config.load_full();
+    let cfg = daemon.config_full();
     let listener = match TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -34,8 +34,8 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
     // start() makes the first connection attempt; the supervisor only takes
     // over afterwards, so start-up does not connect twice.
     let report = daemon.start().await;
-    daemon.cache.redis().spawn_supervisor();
-    daemon.cache.start_l1();
+    daemon.cache().redis().spawn_supervisor();
+    daemon.cache().start_l1();
     crate::reload::spawn_sighup(Arc::clone(&daemon));
     let _watch = match crate::reload::watch(Arc::clone(&daemon)) {
         Ok(w) => Some(w),
@@ -53,8 +53,8 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
     tracing::info!(
         listen = %bound, plugins_dir = %cfg.plugins_dir.display(),
         plugins = report.loaded.len(), failed = report.failed.len(),
-        redis = %daemon.cache.redis().display_url(),
-        redis_up = daemon.cache.redis().is_up(),
+        redis = %daemon.cache().redis().display_url(),
+        redis_up = daemon.cache().redis().is_up(),
         "tickerd is serving"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -15,7 +15,7 @@
 //! plugin's namespace.
 
 use super::store::SeriesId;
-use crate::model::{DateRange, PluginName, Ticker};
+use crate::model::{DateRange, InvalidField, PluginName, Ticker};
 
 /// Where keys of one deployment live; built once from config.
 #[derive(Debug, Clone)]
@@ -79,6 +79,33 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// The one way an edge (HTTP, CLI) builds a selector from what a user
+    /// typed: a plugin, a ticker or both (deleting everything is not one
+    /// request), and an exact range only as a start and an end together.
+    pub fn from_parts(
+        plugin: Option<&str>,
+        ticker: Option<&str>,
+        start: Option<&str>,
+        end: Option<&str>,
+        today: chrono::NaiveDate,
+    ) -> Result<Self, InvalidField> {
+        let plugin = plugin.map(PluginName::parse).transpose()?;
+        let ticker = ticker.map(Ticker::parse).transpose()?;
+        if plugin.is_none() && ticker.is_none() {
+            return Err(InvalidField::new(
+                "plugin",
+                "give plugin, ticker or both to say what to delete",
+            ));
+        }
+        let range = match (start, end) {
+            (None, None) => None,
+            (Some(s), Some(e)) => Some(DateRange::from_request(Some(s), Some(e), today)?),
+            (Some(_), None) => return Err(InvalidField::new("end", "start and end go together; give both")),
+            (None, Some(_)) => return Err(InvalidField::new("start", "start and end go together; give both")),
+        };
+        Ok(Self { plugin, ticker, range })
+    }
+
     /// Whether the in-process key `plugin:version:TICKER` is selected.
     pub fn matches_local(&self, key: &str) -> bool {
         let mut parts = key.split(':');

@@ -20,15 +20,31 @@ use crate::pipeline::{BulkOptions, MAX_BULK_TICKERS, error_line};
 /// A ticker refused with a Retry-After up to this is tried again (the CLI waits).
 const RETRY_WITHIN: Duration = Duration::from_secs(60);
 
+/// `tickerd fetch`'s arguments: one ticker prints its body, several (or
+/// `--tickers-file`, `--out`) go through [`run`].
+#[derive(clap::Args, Debug)]
 pub(super) struct Args {
     pub plugin: String,
+    /// One ticker prints its body; several (or --tickers-file, --out)
+    /// print one JSON line each, or write DIR/<TICKER>.csv|json.
+    #[arg(required_unless_present = "tickers_file")]
     pub tickers: Vec<String>,
+    /// Tickers to fetch, one or more a line (`#` comments; `-` is stdin).
+    #[arg(long, value_name = "FILE")]
     pub tickers_file: Option<PathBuf>,
+    /// Write DIR/<TICKER>.csv or .json (per --format) instead of stdout.
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
     pub quiet: bool,
+    #[arg(long, value_name = "YYYY-MM-DD")]
     pub start: Option<String>,
+    #[arg(long, value_name = "YYYY-MM-DD")]
     pub end: Option<String>,
+    #[arg(long)]
     pub refresh: bool,
+    #[arg(long, value_enum, default_value_t = OutFormat::Json)]
     pub format: OutFormat,
 }
 
@@ -145,7 +161,7 @@ pub(super) fn run(config: Config, flags: Flags, a: Args) -> ExitCode {
                 refresh: a.refresh,
                 retry_within: RETRY_WITHIN,
             };
-            let mut bulk = match daemon.pipeline.get_many(&plugin, chunk.to_vec(), range, opts) {
+            let mut bulk = match daemon.get_many(&plugin, chunk.to_vec(), range, opts) {
                 Ok(b) => b,
                 Err(e) => {
                     pb.finish_and_clear();
@@ -156,7 +172,7 @@ pub(super) fn run(config: Config, flags: Flags, a: Args) -> ExitCode {
             let retrying = Arc::clone(&bulk.retrying);
             loop {
                 let next = tokio::time::timeout(Duration::from_millis(200), bulk.rx.recv()).await;
-                let waiting = daemon.pipeline.budget.waiting(plugin.as_str()) > 0
+                let waiting = daemon.budget().waiting(plugin.as_str()) > 0
                     || retrying.load(std::sync::atomic::Ordering::Relaxed) > 0;
                 let (t, res) = match next {
                     Err(_) => {

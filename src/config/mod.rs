@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{RawDuration, parse_duration};
-use file::{FileConfig, PluginSection};
+use file::{FileConfig, PluginSection, WatchSection};
 pub use kafka::{KafkaConfig, WatchSink};
 pub use redis_access::{RedisAccess, Secret, SentinelSettings, TlsFiles, read_pem};
 
@@ -210,17 +210,7 @@ impl Config {
         path: Option<&Path>,
         text: Option<&str>,
     ) -> Result<Self, ConfigError> {
-        for name in env.keys().filter(|k| k.starts_with("TICKERD_")) {
-            if !KNOWN_TICKERD_ENV.contains(&name.as_str()) {
-                return Err(invalid(
-                    name.clone(),
-                    format!(
-                        "unknown environment variable; known ones are {}",
-                        KNOWN_TICKERD_ENV.join(", ")
-                    ),
-                ));
-            }
-        }
+        check_tickerd_env(env)?;
         let file: FileConfig = match text {
             Some(t) => toml::from_str(t).map_err(|e| ConfigError::File {
                 path: path.map(Path::to_path_buf).unwrap_or_default(),
@@ -246,43 +236,9 @@ impl Config {
             .or_else(|| file.plugins_dir.clone().map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("plugins"));
 
-        let admin_token = env_get("TICKERD_ADMIN_TOKEN").or(file.admin_token.clone());
-        if let Some(t) = &admin_token
-            && (t.trim().is_empty() || t.chars().any(char::is_whitespace))
-        {
-            return Err(invalid(
-                "TICKERD_ADMIN_TOKEN",
-                "must be a non-empty token without spaces",
-            ));
-        }
-
-        let log = env_get("TICKERD_LOG")
-            .or(file.log.clone())
-            .unwrap_or_else(|| "info".to_owned());
-        let (fmt_key, fmt_raw) = env_get("TICKERD_LOG_FORMAT")
-            .map(|v| ("TICKERD_LOG_FORMAT", v))
-            .or_else(|| file.log_format.clone().map(|v| ("log_format", v)))
-            .unwrap_or(("log_format", "text".to_owned()));
-        let log_format = match fmt_raw.as_str() {
-            "text" | "pretty" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => return Err(invalid(fmt_key, format!("{other:?}: expected \"text\" or \"json\""))),
-        };
-
-        let watcher = if flags.poll {
-            WatcherKind::Poll
-        } else {
-            match file.watcher.as_deref() {
-                None | Some("native") => WatcherKind::Native,
-                Some("poll") => WatcherKind::Poll,
-                Some(other) => {
-                    return Err(invalid(
-                        "watcher",
-                        format!("{other:?}: expected \"native\" or \"poll\""),
-                    ));
-                }
-            }
-        };
+        let admin_token = resolve_admin_token(&file, &env_get)?;
+        let (log, log_format) = resolve_log(&file, &env_get)?;
+        let watcher = resolve_watcher(flags, &file)?;
         let poll_interval = bounded_dur(
             &file.poll_interval,
             "poll_interval",
@@ -318,43 +274,12 @@ impl Config {
             plugins.insert(name.clone(), resolve_plugin(name, section)?);
         }
 
-        let mut watch = Vec::new();
-        for (i, w) in file.watch.iter().enumerate() {
-            let key = |k: &str| format!("watch[{i}].{k}");
-            let plugin = PluginName::parse(&w.plugin).map_err(|e| invalid(key("plugin"), e.message))?;
-            if w.tickers.is_empty() {
-                return Err(invalid(key("tickers"), "list at least one ticker"));
-            }
-            let tickers = w
-                .tickers
-                .iter()
-                .map(|t| Ticker::parse(t).map_err(|e| invalid(key("tickers"), e.message)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let every = w.every.parse().map_err(|m| invalid(key("every"), m))?;
-            within(&key("every"), every, SEC, DAY)?;
-            let lookback = match &w.lookback {
-                Some(l) => l.parse().map_err(|m| invalid(key("lookback"), m))?,
-                None => Duration::from_secs(7 * 86400),
-            };
-            within(&key("lookback"), lookback, ZERO, DAY * http.max_range_days)?;
-            if let Some(m) = w.maxlen {
-                bounded_int::<u64>(Some(m), &key("maxlen"), 0, 1, 10_000_000)?;
-            }
-            let sink = kafka::resolve_sink(
-                &key,
-                w.sink.as_deref(),
-                w.topic.as_deref(),
-                w.stream.as_deref(),
-                w.maxlen,
-            )?;
-            watch.push(WatchEntry {
-                plugin,
-                tickers,
-                every,
-                lookback,
-                sink,
-            });
-        }
+        let watch = file
+            .watch
+            .iter()
+            .enumerate()
+            .map(|(i, w)| resolve_watch(i, w, http.max_range_days))
+            .collect::<Result<Vec<_>, _>>()?;
         let wants_kafka = watch.iter().any(|w| matches!(w.sink, WatchSink::Kafka { .. }));
         let kafka = if wants_kafka || file.kafka.is_some() {
             Some(kafka::resolve_kafka(file.kafka.as_ref(), &env_get)?)
@@ -385,6 +310,112 @@ impl Config {
     pub fn plugin_overrides(&self, name: &str) -> PluginOverrides {
         self.plugins.get(name).cloned().unwrap_or_default()
     }
+}
+
+/// A misspelt `TICKERD_*` variable is an error rather than a setting
+/// silently not applied.
+fn check_tickerd_env(env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    for name in env.keys().filter(|k| k.starts_with("TICKERD_")) {
+        if !KNOWN_TICKERD_ENV.contains(&name.as_str()) {
+            return Err(invalid(
+                name.clone(),
+                format!(
+                    "unknown environment variable; known ones are {}",
+                    KNOWN_TICKERD_ENV.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_admin_token(
+    file: &FileConfig,
+    env_get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let admin_token = env_get("TICKERD_ADMIN_TOKEN").or(file.admin_token.clone());
+    if let Some(t) = &admin_token
+        && (t.trim().is_empty() || t.chars().any(char::is_whitespace))
+    {
+        return Err(invalid(
+            "TICKERD_ADMIN_TOKEN",
+            "must be a non-empty token without spaces",
+        ));
+    }
+    Ok(admin_token)
+}
+
+/// The log filter and format: environment first, then the file.
+fn resolve_log(
+    file: &FileConfig,
+    env_get: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, LogFormat), ConfigError> {
+    let log = env_get("TICKERD_LOG")
+        .or(file.log.clone())
+        .unwrap_or_else(|| "info".to_owned());
+    let (fmt_key, fmt_raw) = env_get("TICKERD_LOG_FORMAT")
+        .map(|v| ("TICKERD_LOG_FORMAT", v))
+        .or_else(|| file.log_format.clone().map(|v| ("log_format", v)))
+        .unwrap_or(("log_format", "text".to_owned()));
+    let log_format = match fmt_raw.as_str() {
+        "text" | "pretty" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => return Err(invalid(fmt_key, format!("{other:?}: expected \"text\" or \"json\""))),
+    };
+    Ok((log, log_format))
+}
+
+fn resolve_watcher(flags: &Flags, file: &FileConfig) -> Result<WatcherKind, ConfigError> {
+    if flags.poll {
+        return Ok(WatcherKind::Poll);
+    }
+    match file.watcher.as_deref() {
+        None | Some("native") => Ok(WatcherKind::Native),
+        Some("poll") => Ok(WatcherKind::Poll),
+        Some(other) => Err(invalid(
+            "watcher",
+            format!("{other:?}: expected \"native\" or \"poll\""),
+        )),
+    }
+}
+
+/// One `[[watch]]` entry; errors name it as `watch[i].key`. Its lookback is
+/// bounded by `max_range_days`, as a request's range is.
+fn resolve_watch(i: usize, w: &WatchSection, max_range_days: u32) -> Result<WatchEntry, ConfigError> {
+    let key = |k: &str| format!("watch[{i}].{k}");
+    let plugin = PluginName::parse(&w.plugin).map_err(|e| invalid(key("plugin"), e.message))?;
+    if w.tickers.is_empty() {
+        return Err(invalid(key("tickers"), "list at least one ticker"));
+    }
+    let tickers = w
+        .tickers
+        .iter()
+        .map(|t| Ticker::parse(t).map_err(|e| invalid(key("tickers"), e.message)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let every = w.every.parse().map_err(|m| invalid(key("every"), m))?;
+    within(&key("every"), every, SEC, DAY)?;
+    let lookback = match &w.lookback {
+        Some(l) => l.parse().map_err(|m| invalid(key("lookback"), m))?,
+        None => Duration::from_secs(7 * 86400),
+    };
+    within(&key("lookback"), lookback, ZERO, DAY * max_range_days)?;
+    if let Some(m) = w.maxlen {
+        bounded_int::<u64>(Some(m), &key("maxlen"), 0, 1, 10_000_000)?;
+    }
+    let sink = kafka::resolve_sink(
+        &key,
+        w.sink.as_deref(),
+        w.topic.as_deref(),
+        w.stream.as_deref(),
+        w.maxlen,
+    )?;
+    Ok(WatchEntry {
+        plugin,
+        tickers,
+        every,
+        lookback,
+        sink,
+    })
 }
 
 fn parse_listen(raw: &str) -> Result<SocketAddr, String> {

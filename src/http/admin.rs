@@ -14,10 +14,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::query::Query;
 use crate::cache::Selector;
-use crate::model::{DateRange, PluginName, Ticker};
 
 pub(crate) fn authorize(d: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let cfg = d.config.load();
+    let cfg = d.config();
     match &cfg.admin_token {
         Some(token) => {
             let given = headers
@@ -49,25 +48,14 @@ fn bearer_token(header: &str) -> Option<&str> {
 
 pub(crate) fn parse_selector(raw: Option<&str>) -> Result<Selector, ApiError> {
     let q = Query::parse(raw, &["plugin", "ticker", "start", "end"])?;
-    let plugin = q.get("plugin").map(PluginName::parse).transpose()?;
-    let ticker = q.get("ticker").map(Ticker::parse).transpose()?;
-    if plugin.is_none() && ticker.is_none() {
-        return Err(ApiError::bad_request(
-            "plugin",
-            "give plugin, ticker or both to say what to delete",
-        ));
-    }
-    let range = match (q.get("start"), q.get("end")) {
-        (None, None) => None,
-        (Some(s), Some(e)) => Some(DateRange::from_request(
-            Some(s),
-            Some(e),
-            chrono::Utc::now().date_naive(),
-        )?),
-        (Some(_), None) => return Err(ApiError::bad_request("end", "start and end go together; give both")),
-        (None, Some(_)) => return Err(ApiError::bad_request("start", "start and end go together; give both")),
-    };
-    Ok(Selector { plugin, ticker, range })
+    let today = chrono::Utc::now().date_naive();
+    Ok(Selector::from_parts(
+        q.get("plugin"),
+        q.get("ticker"),
+        q.get("start"),
+        q.get("end"),
+        today,
+    )?)
 }
 
 pub(crate) async fn delete_cache(
@@ -77,8 +65,8 @@ pub(crate) async fn delete_cache(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&d, &headers)?;
     let sel = parse_selector(raw.as_deref())?;
-    let done = d.pipeline.invalidate(&sel).await;
-    if !done.problems.is_empty() && !d.cache.redis().is_up() {
+    let done = d.invalidate(&sel).await;
+    if !done.problems.is_empty() && !d.cache().redis().is_up() {
         return Err(ApiError::CacheUnavailable(format!(
             "entries were removed from the in-process memory cache, but redis could not be asked ({}); retry once redis_up is 1",
             done.problems.join("; ")

@@ -78,9 +78,9 @@ pub(crate) async fn get_bulk(
     let plugin = PluginName::parse(&plugin).map_err(|_| ApiError::Fetch(FetchError::PluginNotFound(plugin.clone())))?;
     let tickers = parse_tickers(q.get("tickers"))?;
     let range = DateRange::from_request(q.get("start"), q.get("end"), today)?;
-    range.check_span(d.config.load().http.max_range_days)?;
+    range.check_span(d.config().http.max_range_days)?;
     let refresh = q.flag("refresh")?;
-    let bulk = d.pipeline.get_many(
+    let bulk = d.get_many(
         &plugin,
         tickers,
         range,

@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::query::Query;
 use crate::error::FetchError;
-use crate::model::{DateRange, PluginName, Ticker};
+use crate::model::PluginName;
 use crate::pipeline::DataRequest;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,18 +45,8 @@ pub(crate) fn parse_request(
 ) -> Result<(DataRequest, Query), ApiError> {
     let q = Query::parse(raw_query, &["start", "end", "refresh", "format"])?;
     let plugin = PluginName::parse(plugin).map_err(|_| FetchError::PluginNotFound(plugin.to_owned()))?;
-    let ticker = Ticker::parse(ticker)?;
-    let range = DateRange::from_request(q.get("start"), q.get("end"), today)?;
-    let refresh = q.flag("refresh")?;
-    Ok((
-        DataRequest {
-            plugin,
-            ticker,
-            range,
-            refresh,
-        },
-        q,
-    ))
+    let req = DataRequest::from_parts(plugin, ticker, q.get("start"), q.get("end"), q.flag("refresh")?, today)?;
+    Ok((req, q))
 }
 
 pub(crate) async fn get_data(
@@ -68,9 +58,9 @@ pub(crate) async fn get_data(
     let Path((plugin, ticker)) = path?;
     let today = chrono::Utc::now().date_naive();
     let (req, q) = parse_request(&plugin, &ticker, raw.as_deref(), today)?;
-    req.range.check_span(d.config.load().http.max_range_days)?;
+    req.range.check_span(d.config().http.max_range_days)?;
     let format = wants(&q, &headers)?;
-    let answer = d.pipeline.get(&req).await?;
+    let answer = d.get(&req).await?;
     let x_cache = HeaderValue::from_static(answer.status.header());
     let mut resp = match format {
         Format::Json => (

@@ -34,7 +34,7 @@ pub(crate) fn plugin_json(slot: &PluginSlot) -> Value {
 
 pub(crate) async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
     let mut out = Vec::new();
-    for slot in d.registry.list().iter() {
+    for slot in d.registry().list().iter() {
         let mut v = plugin_json(slot);
         v["cooldown_until"] = cooldown_json(&d, &slot.name).await;
         out.push(v);
@@ -45,7 +45,7 @@ pub(crate) async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
 /// When the plugin's fleet-wide cool-down ends (RFC 3339), or null. Asked of
 /// Redis (one round trip): another daemon may have started it.
 async fn cooldown_json(d: &AppState, plugin: &str) -> Value {
-    let until = d.pipeline.budget.cooldown_until(plugin).await;
+    let until = d.budget().cooldown_until(plugin).await;
     json!(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
 }
 
@@ -55,7 +55,7 @@ pub(crate) async fn get_plugin(
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = path?;
     let slot = d
-        .registry
+        .registry()
         .get(&name)
         .ok_or_else(|| ApiError::Fetch(FetchError::PluginNotFound(name.clone())))?;
     let mut v = plugin_json(&slot);
@@ -64,7 +64,7 @@ pub(crate) async fn get_plugin(
 }
 
 pub(crate) async fn stats(State(d): State<AppState>) -> Json<Value> {
-    let t = d.metrics.totals();
+    let t = d.metrics().totals();
     let hit_rate = t.hit_rate().unwrap_or(0.0);
     Json(json!({
         "hits": {"redis": t.hits_redis, "memory": t.hits_memory, "l1": t.hits_l1},
@@ -73,16 +73,16 @@ pub(crate) async fn stats(State(d): State<AppState>) -> Json<Value> {
         "hit_rate": hit_rate,
         "stale_served": t.stale,
         "coalesced": t.coalesced,
-        "memory_entries": d.cache.memory_entries(),
-        "l1": d.cache.l1_state(),
-        "redis": if d.cache.redis().is_up() { "up" } else { "down" },
-        "redis_writes": if d.cache.writes_failing() { "failing" } else { "ok" },
-        "memory_bytes": d.cache.memory_bytes(),
-        "redis_mode": d.cache.redis().mode().as_str(),
-        "redis_master": d.cache.redis().master(),
-        "plugins_loaded": d.metrics.plugins_loaded.get(),
-        "inflight_fetches": d.pipeline.inflight_fetches(),
-        "uptime_s": d.started.elapsed().as_secs(),
+        "memory_entries": d.cache().memory_entries(),
+        "l1": d.cache().l1_state(),
+        "redis": if d.cache().redis().is_up() { "up" } else { "down" },
+        "redis_writes": if d.cache().writes_failing() { "failing" } else { "ok" },
+        "memory_bytes": d.cache().memory_bytes(),
+        "redis_mode": d.cache().redis().mode().as_str(),
+        "redis_master": d.cache().redis().master(),
+        "plugins_loaded": d.metrics().plugins_loaded.get(),
+        "inflight_fetches": d.inflight_fetches(),
+        "uptime_s": d.started().elapsed().as_secs(),
     }))
 }
 
@@ -91,10 +91,10 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
-    let redis = if d.cache.redis().is_up() { "up" } else { "down" };
+    let redis = if d.cache().redis().is_up() { "up" } else { "down" };
     // Which server answers (the master in use, under Sentinel); no credentials.
-    let (mode, master) = (d.cache.redis().mode().as_str(), d.cache.redis().master());
-    let plugins = d.metrics.plugins_loaded.get();
+    let (mode, master) = (d.cache().redis().mode().as_str(), d.cache().redis().master());
+    let plugins = d.metrics().plugins_loaded.get();
     if !d.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -102,7 +102,7 @@ pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let writes = if d.cache.writes_failing() { "failing" } else { "ok" };
+    let writes = if d.cache().writes_failing() { "failing" } else { "ok" };
     let message = if redis == "up" && writes == "failing" {
         "ready; redis: up, writes failing (answers are served but not cached in redis; see cache_write_errors_total and the log)".to_owned()
     } else if redis == "up" {
@@ -117,7 +117,7 @@ pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
 pub(crate) async fn metrics(State(d): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        d.metrics.render(),
+        d.metrics().render(),
     )
         .into_response()
 }

@@ -63,7 +63,7 @@ async fn closes_section(d: &AppState, plugin: &str, ticker: &str) -> Result<Mark
         range,
         refresh: false,
     };
-    let a = match d.pipeline.get(&req).await {
+    let a = match d.get(&req).await {
         Ok(a) => a,
         Err(e) => {
             return Ok(html! {
@@ -86,7 +86,7 @@ async fn closes_section(d: &AppState, plugin: &str, ticker: &str) -> Result<Mark
 /// `PreEscaped`, which only the constant style sheet is.
 pub(crate) async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> Markup {
     let q = Query::parse(raw.as_deref(), &["plugin", "ticker"]).ok();
-    let slots = d.registry.list();
+    let slots = d.registry().list();
     let chosen_plugin = q.as_ref().and_then(|q| q.get("plugin").map(str::to_owned)).or_else(|| {
         slots
             .iter()
@@ -99,18 +99,18 @@ pub(crate) async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> 
         .and_then(|q| q.get("ticker").map(str::to_owned))
         .unwrap_or_else(|| "AAPL".into());
 
-    let t = d.metrics.totals();
+    let t = d.metrics().totals();
     let ratio = t
         .hit_rate()
         .map(|r| format!("{:.1}%", 100.0 * r))
         .unwrap_or_else(|| "n/a".to_owned());
-    let redis = if d.cache.redis().is_up() { "up" } else { "down" };
+    let redis = if d.cache().redis().is_up() { "up" } else { "down" };
 
     // When each plugin's fleet-wide cool-down ends (asked of Redis, one round trip each).
     let mut cooldowns = Vec::with_capacity(slots.len());
     for s in &slots {
         let until = match &s.current {
-            Some(_) => d.pipeline.budget.cooldown_until(&s.name).await,
+            Some(_) => d.budget().cooldown_until(&s.name).await,
             None => None,
         };
         cooldowns.push(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
@@ -138,7 +138,7 @@ pub(crate) async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> 
                     span { "redis: " b id="redis" { (redis) } }
                     span { "hit ratio: " b id="hit-ratio" { (ratio) } }
                     span { "hits " (t.hits()) " / misses " (t.misses) " / stale " (t.stale) }
-                    span { "memory entries: " (d.cache.memory_entries()) }
+                    span { "memory entries: " (d.cache().memory_entries()) }
                 }
                 h2 { "Plugins" }
                 table id="plugins" {

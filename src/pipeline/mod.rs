@@ -42,6 +42,29 @@ pub struct DataRequest {
     pub refresh: bool,
 }
 
+impl DataRequest {
+    /// The one way an edge (HTTP, CLI) turns what a user typed into a
+    /// request: the ticker is checked and upper-cased, the range defaulted
+    /// (README "HTTP API": no dates is yesterday, a start alone runs to
+    /// today) and checked. The plugin comes parsed, because an impossible
+    /// plugin name is a 404 over HTTP and a usage error on the command line.
+    pub fn from_parts(
+        plugin: PluginName,
+        ticker: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+        refresh: bool,
+        today: chrono::NaiveDate,
+    ) -> Result<Self, crate::model::InvalidField> {
+        Ok(Self {
+            plugin,
+            ticker: Ticker::parse(ticker)?,
+            range: DateRange::from_request(start, end, today)?,
+            refresh,
+        })
+    }
+}
+
 /// What the pipeline needs of a plugin: one call.
 pub trait Upstream: Send + Sync {
     fn call(&self, args: FetchArgs) -> BoxFuture<'static, Result<RawOutput, FetchError>>;
@@ -616,11 +639,11 @@ impl Flow {
 }
 
 pub struct Pipeline {
-    pub registry: Arc<Registry>,
-    pub cache: Arc<Cache>,
-    pub metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
     /// Upstream budgets (README, "Rate limits"): every plugin call goes through it.
-    pub budget: Arc<Budget>,
+    budget: Arc<Budget>,
     flow: Arc<Flow>,
 }
 
@@ -639,6 +662,10 @@ impl Pipeline {
             metrics,
             flow: Flow::new(store, Clock::System),
         })
+    }
+
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// Answers one request, counting it in the request metrics.

@@ -13,10 +13,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use super::files::{PluginFile, list_plugin_files};
+use super::files::{PluginDir, PluginFile, list_plugin_files};
 use super::{Plugin, sha256_hex};
 use crate::config::PluginOverrides;
 use crate::metrics::Metrics;
+use crate::model::PluginName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginStatus {
@@ -124,33 +125,10 @@ impl Registry {
     /// deleted files are unloaded, unchanged content is left alone.
     pub async fn rescan(&self) -> ScanReport {
         let _one_at_a_time = self.scan_lock.lock().await;
-        let dir = self.dir();
         let mut report = ScanReport::default();
-        let listed = match list_plugin_files(&dir) {
-            Ok(l) => l,
-            Err(e) => {
-                let error = e.to_string();
-                if let Ok(mut last) = self.dir_error.lock()
-                    && last.as_deref() != Some(error.as_str())
-                {
-                    tracing::error!(dir = %dir.display(), %error, "cannot read the plugins directory; keeping the plugins already loaded (check the path and its permissions; logged again only when the error changes)");
-                    *last = Some(error.clone());
-                }
-                report.error = Some(format!(
-                    "cannot read the plugins directory {}: {error}; the plugins already loaded keep serving",
-                    dir.display()
-                ));
-                return report;
-            }
+        let Some(listed) = self.read_dir(&mut report) else {
+            return report;
         };
-        for (path, why) in &listed.bad_names {
-            tracing::warn!(file = %path.display(), "skipping: {why}");
-        }
-        if let Ok(mut last) = self.dir_error.lock()
-            && last.take().is_some()
-        {
-            tracing::info!(dir = %dir.display(), "the plugins directory can be read again");
-        }
         let before = self.slots.load_full();
         let mut next: BTreeMap<String, Arc<PluginSlot>> = BTreeMap::new();
         for PluginFile { name, path, source } in listed.files {
@@ -176,49 +154,8 @@ impl Registry {
                 report.unchanged += 1;
                 continue;
             }
-            let overrides = self.overrides.load().get(name.as_str()).cloned().unwrap_or_default();
-            let ttl = **self.default_ttl.load();
-            let started = std::time::Instant::now();
-            let slot = match Plugin::load(name.clone(), path.clone(), source, &overrides, ttl).await {
-                Ok(p) => {
-                    tracing::info!(
-                        plugin = %name, file = %path.display(), version = %&p.version[..12],
-                        took_ms = started.elapsed().as_millis() as u64,
-                        ttl = %humantime::format_duration(p.settings().ttl),
-                        "plugin loaded"
-                    );
-                    self.metrics.reload(name.as_str(), "ok");
-                    report.loaded.push(name.to_string());
-                    PluginSlot {
-                        name: name.to_string(),
-                        file: path,
-                        current: Some(p),
-                        status: PluginStatus::Ok,
-                        last_error: None,
-                        seen_hash: hash,
-                        checked_at: Utc::now(),
-                    }
-                }
-                Err(problem) => {
-                    let keeps = before.get(name.as_str()).and_then(|s| s.current.clone());
-                    tracing::error!(
-                        plugin = %name, error = %problem,
-                        "plugin failed to load; {}",
-                        if keeps.is_some() { "the last good version keeps serving. Fix the file and save it again" } else { "requests to it answer 503 plugin_unavailable until the file loads" }
-                    );
-                    self.metrics.reload(name.as_str(), "error");
-                    report.failed.push(name.to_string());
-                    PluginSlot {
-                        name: name.to_string(),
-                        file: path,
-                        current: keeps,
-                        status: PluginStatus::Error,
-                        last_error: Some(problem.to_string()),
-                        seen_hash: hash,
-                        checked_at: Utc::now(),
-                    }
-                }
-            };
+            let keeps = before.get(name.as_str()).and_then(|s| s.current.clone());
+            let slot = self.load(name.clone(), path, source, hash, keeps, &mut report).await;
             next.insert(name.to_string(), Arc::new(slot));
         }
         for name in before.keys() {
@@ -231,6 +168,94 @@ impl Registry {
         self.slots.store(Arc::new(next));
         self.update_gauge();
         report
+    }
+
+    /// Lists the plugins directory. When it cannot be read, says so once per
+    /// distinct error (a watcher rescans often) and in the report, and the
+    /// plugins already loaded keep serving.
+    fn read_dir(&self, report: &mut ScanReport) -> Option<PluginDir> {
+        let dir = self.dir();
+        let listed = match list_plugin_files(&dir) {
+            Ok(l) => l,
+            Err(e) => {
+                let error = e.to_string();
+                if let Ok(mut last) = self.dir_error.lock()
+                    && last.as_deref() != Some(error.as_str())
+                {
+                    tracing::error!(dir = %dir.display(), %error, "cannot read the plugins directory; keeping the plugins already loaded (check the path and its permissions; logged again only when the error changes)");
+                    *last = Some(error.clone());
+                }
+                report.error = Some(format!(
+                    "cannot read the plugins directory {}: {error}; the plugins already loaded keep serving",
+                    dir.display()
+                ));
+                return None;
+            }
+        };
+        for (path, why) in &listed.bad_names {
+            tracing::warn!(file = %path.display(), "skipping: {why}");
+        }
+        if let Ok(mut last) = self.dir_error.lock()
+            && last.take().is_some()
+        {
+            tracing::info!(dir = %dir.display(), "the plugins directory can be read again");
+        }
+        Some(listed)
+    }
+
+    /// Loads one new or changed file. A file that fails to load leaves the
+    /// last good version (`keeps`) serving, with the error on the slot.
+    async fn load(
+        &self,
+        name: PluginName,
+        path: PathBuf,
+        source: String,
+        hash: String,
+        keeps: Option<Arc<Plugin>>,
+        report: &mut ScanReport,
+    ) -> PluginSlot {
+        let overrides = self.overrides.load().get(name.as_str()).cloned().unwrap_or_default();
+        let ttl = **self.default_ttl.load();
+        let started = std::time::Instant::now();
+        match Plugin::load(name.clone(), path.clone(), source, &overrides, ttl).await {
+            Ok(p) => {
+                tracing::info!(
+                    plugin = %name, file = %path.display(), version = %&p.version[..12],
+                    took_ms = started.elapsed().as_millis() as u64,
+                    ttl = %humantime::format_duration(p.settings().ttl),
+                    "plugin loaded"
+                );
+                self.metrics.reload(name.as_str(), "ok");
+                report.loaded.push(name.to_string());
+                PluginSlot {
+                    name: name.to_string(),
+                    file: path,
+                    current: Some(p),
+                    status: PluginStatus::Ok,
+                    last_error: None,
+                    seen_hash: hash,
+                    checked_at: Utc::now(),
+                }
+            }
+            Err(problem) => {
+                tracing::error!(
+                    plugin = %name, error = %problem,
+                    "plugin failed to load; {}",
+                    if keeps.is_some() { "the last good version keeps serving. Fix the file and save it again" } else { "requests to it answer 503 plugin_unavailable until the file loads" }
+                );
+                self.metrics.reload(name.as_str(), "error");
+                report.failed.push(name.to_string());
+                PluginSlot {
+                    name: name.to_string(),
+                    file: path,
+                    current: keeps,
+                    status: PluginStatus::Error,
+                    last_error: Some(problem.to_string()),
+                    seen_hash: hash,
+                    checked_at: Utc::now(),
+                }
+            }
+        }
     }
 }
 

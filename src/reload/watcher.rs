@@ -41,7 +41,7 @@ fn canonical(p: &Path) -> PathBuf {
 
 /// Starts watching; reloads run on the tokio runtime this is called from.
 pub(crate) fn watch(daemon: Arc<Daemon>) -> Result<WatchHandle, String> {
-    let cfg = daemon.config.load_full();
+    let cfg = daemon.config_full();
     let plugins_dir = canonical(&cfg.plugins_dir);
     let config_file = cfg.config_file.as_deref().map(canonical);
     let config_dir = config_file.as_deref().and_then(Path::parent).map(Path::to_path_buf);
@@ -146,7 +146,7 @@ async fn apply(daemon: Arc<Daemon>, mut rx: mpsc::UnboundedReceiver<Target>, con
             }
         }
         if plugins {
-            let r = daemon.registry.rescan().await;
+            let r = daemon.registry().rescan().await;
             if !(r.loaded.is_empty() && r.failed.is_empty() && r.unloaded.is_empty()) {
                 tracing::debug!(?r, "plugin rescan after a file change");
             }

@@ -141,6 +141,8 @@ fn read_timeout(func: &str, v: Value) -> mlua::Result<Option<Duration>> {
     lua_duration("timeout", v).map_err(|m| bad(func, m))
 }
 
+/// Reads one call's arguments into a [`Call`], checking each option and
+/// naming the one that is wrong; nothing here awaits.
 fn read_call(
     lua: &Lua,
     ctx: &HostCtx,
@@ -149,12 +151,38 @@ fn read_call(
     first: Value,
     opts: Option<Table>,
 ) -> mlua::Result<Call> {
-    // http.get(url, opts) / http.post(url, opts) / http.request(opts) or http.request(url, opts)
+    let (url_arg, opts) = read_args(lua, func, fixed.is_some(), first, opts)?;
+    let method = read_method(func, fixed, opts.raw_get("method")?)?;
+    let mut url = read_url(func, url_arg, opts.raw_get("url")?)?;
+    add_query(func, &mut url, opts.raw_get("query")?)?;
+    let mut headers = read_headers(func, opts.raw_get("headers")?)?;
+    let body = read_body(lua, func, &mut headers, opts.raw_get("body")?)?;
+    let own = ctx.settings.load().timeout;
+    let timeout = read_timeout(func, opts.raw_get("timeout")?)?.map_or(own, |t| t.min(own));
+    Ok(Call {
+        method,
+        url,
+        headers,
+        body,
+        timeout,
+    })
+}
+
+/// `http.get(url, opts)` / `http.post(url, opts)` / `http.request(opts)` or
+/// `http.request(url, opts)`: the URL argument, if any, and the options
+/// table, whose keys must all be known.
+fn read_args(
+    lua: &Lua,
+    func: &str,
+    fixed: bool,
+    first: Value,
+    opts: Option<Table>,
+) -> mlua::Result<(Option<String>, Table)> {
     let (url_arg, opts) = match (first, opts) {
-        (Value::Table(t), None) if fixed.is_none() => (None, Some(t)),
+        (Value::Table(t), None) if !fixed => (None, Some(t)),
         (Value::String(s), o) => (Some(s.to_string_lossy()), o),
         (other, _) => {
-            let usage = if fixed.is_some() {
+            let usage = if fixed {
                 format!("http.{func}(url, opts)")
             } else {
                 "http.request({ url = ..., method = ... })".to_owned()
@@ -183,8 +211,13 @@ fn read_call(
             ));
         }
     }
+    Ok((url_arg, opts))
+}
 
-    let method = match (fixed, opts.raw_get::<Value>("method")?) {
+/// The method: fixed by `http.get`/`http.post` (an option may repeat it),
+/// free with `http.request` (default GET).
+fn read_method(func: &str, fixed: Option<Method>, asked: Value) -> mlua::Result<Method> {
+    Ok(match (fixed, asked) {
         (Some(m), Value::Nil) => m,
         (Some(m), v) => {
             let asked = text_of(func, "method", v)?.to_ascii_uppercase();
@@ -201,9 +234,13 @@ fn read_call(
             let m = text_of(func, "method", v)?.to_ascii_uppercase();
             Method::from_bytes(m.as_bytes()).map_err(|_| bad(func, format!("{m:?} is not an HTTP method")))?
         }
-    };
+    })
+}
 
-    let raw_url = match (url_arg, opts.raw_get::<Value>("url")?) {
+/// The URL, from the argument or the `url` option (not both): http or
+/// https with a host; the fragment is dropped.
+fn read_url(func: &str, url_arg: Option<String>, option: Value) -> mlua::Result<Url> {
+    let raw_url = match (url_arg, option) {
         (Some(u), Value::Nil) => u,
         (None, Value::Nil) => return Err(bad(func, "no url given")),
         (None, v) => text_of(func, "url", v)?,
@@ -224,8 +261,13 @@ fn read_call(
         return Err(bad(func, format!("url {} has no host", redact(&url))));
     }
     url.set_fragment(None);
+    Ok(url)
+}
 
-    match opts.raw_get::<Value>("query")? {
+/// The `query` option, appended sorted so that one request always makes
+/// one URL.
+fn add_query(func: &str, url: &mut Url, query: Value) -> mlua::Result<()> {
+    match query {
         Value::Nil => {}
         Value::Table(q) => {
             let mut pairs = Vec::new();
@@ -245,9 +287,12 @@ fn read_call(
         }
         other => return Err(bad(func, format!("query must be a table, got {}", other.type_name()))),
     }
+    Ok(())
+}
 
+fn read_headers(func: &str, headers_opt: Value) -> mlua::Result<HeaderMap> {
     let mut headers = HeaderMap::new();
-    match opts.raw_get::<Value>("headers")? {
+    match headers_opt {
         Value::Nil => {}
         Value::Table(h) => {
             for pair in h.pairs::<Value, Value>() {
@@ -263,8 +308,13 @@ fn read_call(
         }
         other => return Err(bad(func, format!("headers must be a table, got {}", other.type_name()))),
     }
+    Ok(headers)
+}
 
-    let body = match opts.raw_get::<Value>("body")? {
+/// The body: a string as is, a table as JSON (with a JSON content type
+/// unless the plugin set one).
+fn read_body(lua: &Lua, func: &str, headers: &mut HeaderMap, body: Value) -> mlua::Result<Option<Vec<u8>>> {
+    Ok(match body {
         Value::Nil => None,
         Value::String(s) => Some(s.as_bytes().to_vec()),
         v @ Value::Table(_) => {
@@ -283,16 +333,6 @@ fn read_call(
                 ),
             ));
         }
-    };
-
-    let own = ctx.settings.load().timeout;
-    let timeout = read_timeout(func, opts.raw_get("timeout")?)?.map_or(own, |t| t.min(own));
-    Ok(Call {
-        method,
-        url,
-        headers,
-        body,
-        timeout,
     })
 }
 
