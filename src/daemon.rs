@@ -71,8 +71,35 @@ restart_only! {
 /// What a reload did, as `POST /v1/reload` reports it.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct ReloadOutcome {
-    pub config: String,
+    pub config: ConfigReload,
     pub plugins: ScanReport,
+}
+
+/// What a reload did to the config file, as `POST /v1/reload` says it:
+/// `"reloaded"`, `"unchanged"`, `"no config file"` or `"error: ..."`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConfigReload {
+    Reloaded,
+    Unchanged,
+    NoConfigFile,
+    Failed(String),
+}
+
+impl std::fmt::Display for ConfigReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigReload::Reloaded => f.write_str("reloaded"),
+            ConfigReload::Unchanged => f.write_str("unchanged"),
+            ConfigReload::NoConfigFile => f.write_str("no config file"),
+            ConfigReload::Failed(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+impl serde::Serialize for ConfigReload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl Daemon {
@@ -206,19 +233,56 @@ impl Daemon {
     pub(crate) async fn reload_all(&self) -> ReloadOutcome {
         let config = if self.config.load().config_file.is_some() {
             match self.reload_config() {
-                Ok(true) => "reloaded".to_owned(),
-                Ok(false) => "unchanged".to_owned(),
+                Ok(true) => ConfigReload::Reloaded,
+                Ok(false) => ConfigReload::Unchanged,
                 Err(e) => {
                     tracing::error!(error = %e, "config reload failed; keeping the running config (fix the file and reload again)");
-                    format!("error: {e}")
+                    ConfigReload::Failed(e.to_string())
                 }
             }
         } else {
-            "no config file".to_owned()
+            ConfigReload::NoConfigFile
         };
         ReloadOutcome {
             config,
             plugins: self.registry.rescan().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::resolve(&Flags::default(), &HashMap::new(), None, Some(text)).expect("test config")
+    }
+
+    #[test]
+    fn restart_only_settings_are_named_and_kept_the_rest_applies() {
+        let old = config("listen = \"127.0.0.1:7001\"\n[http]\nmax_connections = 100\nmax_range_days = 10\n");
+        let mut new = config(
+            "listen = \"127.0.0.1:7002\"\n[http]\nmax_connections = 200\nmax_range_days = 20\n[cache]\ndefault_ttl = \"5m\"\n",
+        );
+        assert_eq!(restart_needed(&old, &new), vec!["listen", "http.max_connections"]);
+        keep_restart_only(&old, &mut new);
+        assert_eq!(new.listen, old.listen);
+        assert_eq!(new.http.max_connections, 100);
+        // Reloadable settings keep their new values.
+        assert_eq!(new.http.max_range_days, 20);
+        assert_eq!(new.cache.default_ttl, Duration::from_secs(300));
+        assert!(restart_needed(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn a_reload_outcome_reads_as_before() {
+        let json = |c: ConfigReload| serde_json::to_string(&c).unwrap();
+        assert_eq!(json(ConfigReload::Reloaded), "\"reloaded\"");
+        assert_eq!(json(ConfigReload::Unchanged), "\"unchanged\"");
+        assert_eq!(json(ConfigReload::NoConfigFile), "\"no config file\"");
+        assert_eq!(json(ConfigReload::Failed("bad key".into())), "\"error: bad key\"");
     }
 }

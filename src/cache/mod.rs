@@ -84,6 +84,41 @@ pub struct Invalidated {
     pub problems: Vec<String>,
 }
 
+/// The L1's state in `/v1/stats`: `off` (not configured), `active`, or
+/// `bypassed` (not subscribed to invalidations, so not read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L1State {
+    Off,
+    Active,
+    Bypassed,
+}
+
+/// Redis reachable or not: `up` / `down` in the JSON answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisLink {
+    Up,
+    Down,
+}
+
+impl RedisLink {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisLink::Up => "up",
+            RedisLink::Down => "down",
+        }
+    }
+}
+
+/// Redis writes: `ok`, or `failing` lately (answers served but not cached).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteHealth {
+    Ok,
+    Failing,
+}
+
 pub struct Cache {
     space: KeySpace,
     redis: Arc<RedisStore>,
@@ -162,12 +197,30 @@ impl Cache {
             && now_ms().saturating_sub(failed) < WRITES_FAILING_FOR_MS
     }
 
-    /// `off` (not configured), `active`, or `bypassed` (not subscribed).
-    pub fn l1_state(&self) -> &'static str {
+    /// Whether the L1 is configured and, if so, trusted right now.
+    pub fn l1_state(&self) -> L1State {
         match &self.l1 {
-            None => "off",
-            Some(l1) if l1.is_active() => "active",
-            Some(_) => "bypassed",
+            None => L1State::Off,
+            Some(l1) if l1.is_active() => L1State::Active,
+            Some(_) => L1State::Bypassed,
+        }
+    }
+
+    /// Whether Redis answers, as `/readyz`, `/v1/stats` and the status page say it.
+    pub fn redis_link(&self) -> RedisLink {
+        if self.redis.is_up() {
+            RedisLink::Up
+        } else {
+            RedisLink::Down
+        }
+    }
+
+    /// Whether Redis writes have been failing lately, as `/readyz` and `/v1/stats` say it.
+    pub fn write_health(&self) -> WriteHealth {
+        if self.writes_failing() {
+            WriteHealth::Failing
+        } else {
+            WriteHealth::Ok
         }
     }
 
@@ -214,7 +267,7 @@ impl Cache {
     /// plugin index sets name every series, and `known` (plugin name,
     /// current version) widens the search to plugins loaded now, so an index
     /// that is missing or holds garbage does not hide their series.
-    pub async fn invalidate_selected(&self, sel: &Selector, known: &[(String, u32)]) -> Invalidated {
+    pub async fn invalidate_selected(&self, sel: &Selector, known: &[(PluginName, u32)]) -> Invalidated {
         let mut out = Invalidated::default();
         let s = sel.clone();
         self.memory.remove_matching(move |k| s.matches_local(k));
@@ -234,7 +287,7 @@ impl Cache {
                         Vec::new()
                     }
                 };
-                names.extend(known.iter().map(|(n, _)| n.clone()));
+                names.extend(known.iter().map(|(n, _)| n.to_string()));
                 names
             }
         };
@@ -276,7 +329,7 @@ impl Cache {
                 }
             };
             let mut ids: Vec<(u32, Ticker)> = members.iter().filter_map(|m| parse_index_member(m)).collect();
-            if let (Some(t), Some((_, v))) = (&sel.ticker, known.iter().find(|(n, _)| *n == plugin)) {
+            if let (Some(t), Some((_, v))) = (&sel.ticker, known.iter().find(|(n, _)| n.as_str() == plugin)) {
                 ids.push((*v, t.clone()));
             }
             ids.retain(|(_, t)| sel.ticker.as_ref().is_none_or(|x| x == t));

@@ -176,7 +176,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
-    pub plugins: BTreeMap<String, PluginOverrides>,
+    pub plugins: BTreeMap<PluginName, PluginOverrides>,
     pub watch: Vec<WatchEntry>,
     /// `[kafka]`, resolved only when a `[[watch]]` entry has `sink = "kafka"`
     /// (or the section is written), so a daemon without Kafka never needs one.
@@ -270,8 +270,8 @@ impl Config {
 
         let mut plugins = BTreeMap::new();
         for (name, section) in &file.plugins {
-            PluginName::parse(name).map_err(|e| invalid(format!("plugins.{name}"), e.message))?;
-            plugins.insert(name.clone(), resolve_plugin(name, section)?);
+            let key = PluginName::parse(name).map_err(|e| invalid(format!("plugins.{name}"), e.message))?;
+            plugins.insert(key, resolve_plugin(name, section)?);
         }
 
         let watch = file

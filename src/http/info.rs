@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::cache::{RedisLink, WriteHealth};
 use crate::error::FetchError;
 use crate::plugin::PluginSlot;
 
@@ -36,7 +37,7 @@ pub(crate) async fn list_plugins(State(d): State<AppState>) -> Json<Value> {
     let mut out = Vec::new();
     for slot in d.registry().list().iter() {
         let mut v = plugin_json(slot);
-        v["cooldown_until"] = cooldown_json(&d, &slot.name).await;
+        v["cooldown_until"] = cooldown_json(&d, slot.name.as_str()).await;
         out.push(v);
     }
     Json(Value::Array(out))
@@ -75,8 +76,8 @@ pub(crate) async fn stats(State(d): State<AppState>) -> Json<Value> {
         "coalesced": t.coalesced,
         "memory_entries": d.cache().memory_entries(),
         "l1": d.cache().l1_state(),
-        "redis": if d.cache().redis().is_up() { "up" } else { "down" },
-        "redis_writes": if d.cache().writes_failing() { "failing" } else { "ok" },
+        "redis": d.cache().redis_link(),
+        "redis_writes": d.cache().write_health(),
         "memory_bytes": d.cache().memory_bytes(),
         "redis_mode": d.cache().redis().mode().as_str(),
         "redis_master": d.cache().redis().master(),
@@ -91,7 +92,7 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
-    let redis = if d.cache().redis().is_up() { "up" } else { "down" };
+    let redis = d.cache().redis_link();
     // Which server answers (the master in use, under Sentinel); no credentials.
     let (mode, master) = (d.cache().redis().mode().as_str(), d.cache().redis().master());
     let plugins = d.metrics().plugins_loaded.get();
@@ -102,10 +103,10 @@ pub(crate) async fn readyz(State(d): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let writes = if d.cache().writes_failing() { "failing" } else { "ok" };
-    let message = if redis == "up" && writes == "failing" {
+    let writes = d.cache().write_health();
+    let message = if redis == RedisLink::Up && writes == WriteHealth::Failing {
         "ready; redis: up, writes failing (answers are served but not cached in redis; see cache_write_errors_total and the log)".to_owned()
-    } else if redis == "up" {
+    } else if redis == RedisLink::Up {
         "ready; redis: up".to_owned()
     } else {
         "ready; redis: down (degraded: serving from the in-process memory cache)".to_owned()

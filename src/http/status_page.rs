@@ -90,9 +90,9 @@ pub(crate) async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> 
     let chosen_plugin = q.as_ref().and_then(|q| q.get("plugin").map(str::to_owned)).or_else(|| {
         slots
             .iter()
-            .find(|s| s.name == "synthetic" && s.current.is_some())
+            .find(|s| s.name.as_str() == "synthetic" && s.current.is_some())
             .or_else(|| slots.iter().find(|s| s.current.is_some()))
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
     });
     let chosen_ticker = q
         .as_ref()
@@ -104,13 +104,13 @@ pub(crate) async fn page(State(d): State<AppState>, RawQuery(raw): RawQuery) -> 
         .hit_rate()
         .map(|r| format!("{:.1}%", 100.0 * r))
         .unwrap_or_else(|| "n/a".to_owned());
-    let redis = if d.cache().redis().is_up() { "up" } else { "down" };
+    let redis = d.cache().redis_link().as_str();
 
     // When each plugin's fleet-wide cool-down ends (asked of Redis, one round trip each).
     let mut cooldowns = Vec::with_capacity(slots.len());
     for s in &slots {
         let until = match &s.current {
-            Some(_) => d.budget().cooldown_until(&s.name).await,
+            Some(_) => d.budget().cooldown_until(s.name.as_str()).await,
             None => None,
         };
         cooldowns.push(until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));

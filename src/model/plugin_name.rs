@@ -30,6 +30,20 @@ impl PluginName {
     }
 }
 
+/// Maps keyed by name are looked up with the `&str` of a path or a file stem
+/// (the derived order and hash are those of the string).
+impl std::borrow::Borrow<str> for PluginName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for PluginName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl fmt::Display for PluginName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -30,7 +30,7 @@ use crate::cache::series::{Coverage, Freshness, Snapshot, Span, Write, day_of};
 use crate::cache::{Cache, FailureMarker, Invalidated, Layer, LockGuard, Read, Selector, SeriesId, Store};
 use crate::error::FetchError;
 use crate::metrics::{Metrics, PluginMetrics};
-use crate::model::{Bars, DateRange, PluginName, Ticker, ymd_string};
+use crate::model::{Bars, DateRange, PluginName, Ticker};
 use crate::plugin::{FetchArgs, Plugin, RawOutput, Registry};
 
 /// One validated data request.
@@ -533,9 +533,8 @@ impl Flow {
     ) -> Result<(Layer, Option<String>), FetchError> {
         let (p, t) = (req.plugin.as_str(), req.ticker.as_str());
         let args = FetchArgs {
-            ticker: t.to_owned(),
-            start: ymd_string(gap.start()),
-            end: ymd_string(gap.end()),
+            ticker: req.ticker.clone(),
+            range: gap,
         };
         let days = overlap_days(gap, gap);
         up.admit().await?;
@@ -733,7 +732,7 @@ impl Pipeline {
 
     /// Deletes cached series (see [`Cache::invalidate_selected`]).
     pub async fn invalidate(&self, sel: &Selector) -> Invalidated {
-        let known: Vec<(String, u32)> = self
+        let known: Vec<(PluginName, u32)> = self
             .registry
             .list()
             .iter()

@@ -111,8 +111,8 @@ impl Upstream for Shared {
     fn call(&self, args: FetchArgs) -> BoxFuture<'static, Result<RawOutput, FetchError>> {
         let p = Arc::clone(&self.0);
         async move {
-            let (s, e) = (d(&args.start), d(&args.end));
-            p.asked.lock().unwrap().push(r(&args.start, &args.end));
+            let (s, e) = (args.range.start(), args.range.end());
+            p.asked.lock().unwrap().push(args.range);
             let delay = *p.delay.lock().unwrap();
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;

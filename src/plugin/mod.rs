@@ -262,10 +262,10 @@ mod tests {
             workers: Mutex::new(vec![Worker::stalled()]),
             quarantine: std::sync::OnceLock::new(),
         });
+        let day = chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap();
         let args = || FetchArgs {
-            ticker: "AAPL".into(),
-            start: "2024-01-02".into(),
-            end: "2024-01-02".into(),
+            ticker: crate::model::Ticker::parse("AAPL").unwrap(),
+            range: crate::model::DateRange::new(day, day).unwrap(),
         };
         let started = Instant::now();
         match plugin.fetch(args()).await {

@@ -36,7 +36,7 @@ impl PluginStatus {
 
 /// One plugin name: its serving version (if any) and its latest load result.
 pub struct PluginSlot {
-    pub name: String,
+    pub name: PluginName,
     pub file: PathBuf,
     pub current: Option<Arc<Plugin>>,
     pub status: PluginStatus,
@@ -61,8 +61,8 @@ pub struct ScanReport {
 
 pub struct Registry {
     dir: ArcSwap<PathBuf>,
-    slots: ArcSwap<BTreeMap<String, Arc<PluginSlot>>>,
-    overrides: ArcSwap<BTreeMap<String, PluginOverrides>>,
+    slots: ArcSwap<BTreeMap<PluginName, Arc<PluginSlot>>>,
+    overrides: ArcSwap<BTreeMap<PluginName, PluginOverrides>>,
     default_ttl: ArcSwap<Duration>,
     metrics: Arc<Metrics>,
     scan_lock: tokio::sync::Mutex<()>,
@@ -75,7 +75,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         dir: PathBuf,
-        overrides: BTreeMap<String, PluginOverrides>,
+        overrides: BTreeMap<PluginName, PluginOverrides>,
         default_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
@@ -104,10 +104,10 @@ impl Registry {
 
     /// Applies new `[plugins.*]` overrides and default TTL to every loaded
     /// plugin at once (no recompiling).
-    pub fn set_overrides(&self, overrides: BTreeMap<String, PluginOverrides>, default_ttl: Duration) {
+    pub fn set_overrides(&self, overrides: BTreeMap<PluginName, PluginOverrides>, default_ttl: Duration) {
         for slot in self.slots.load().values() {
             if let Some(p) = &slot.current {
-                let o = overrides.get(&slot.name).cloned().unwrap_or_default();
+                let o = overrides.get(slot.name.as_str()).cloned().unwrap_or_default();
                 p.apply_overrides(&o, default_ttl);
             }
         }
@@ -130,7 +130,7 @@ impl Registry {
             return report;
         };
         let before = self.slots.load_full();
-        let mut next: BTreeMap<String, Arc<PluginSlot>> = BTreeMap::new();
+        let mut next: BTreeMap<PluginName, Arc<PluginSlot>> = BTreeMap::new();
         for PluginFile { name, path, source } in listed.files {
             let source = match source {
                 Ok(s) => s,
@@ -138,7 +138,7 @@ impl Registry {
                     // Unreadable right now (mid-save, permissions): keep what serves.
                     tracing::warn!(file = %path.display(), error = %e, "cannot read plugin file; keeping its current version this scan");
                     if let Some(old) = before.get(name.as_str()) {
-                        next.insert(name.to_string(), Arc::clone(old));
+                        next.insert(name.clone(), Arc::clone(old));
                     }
                     continue;
                 }
@@ -150,19 +150,19 @@ impl Registry {
                 // A quarantined version is loaded afresh even when unchanged.
                 && old.current.as_ref().is_none_or(|p| p.quarantined().is_none())
             {
-                next.insert(name.to_string(), Arc::clone(old));
+                next.insert(name.clone(), Arc::clone(old));
                 report.unchanged += 1;
                 continue;
             }
             let keeps = before.get(name.as_str()).and_then(|s| s.current.clone());
             let slot = self.load(name.clone(), path, source, hash, keeps, &mut report).await;
-            next.insert(name.to_string(), Arc::new(slot));
+            next.insert(name.clone(), Arc::new(slot));
         }
         for name in before.keys() {
             if !next.contains_key(name) {
                 tracing::info!(plugin = %name, "plugin file removed; plugin unloaded (requests now answer 404)");
-                self.metrics.reload(name, "unloaded");
-                report.unloaded.push(name.clone());
+                self.metrics.reload(name.as_str(), "unloaded");
+                report.unloaded.push(name.to_string());
             }
         }
         self.slots.store(Arc::new(next));
@@ -228,7 +228,7 @@ impl Registry {
                 self.metrics.reload(name.as_str(), "ok");
                 report.loaded.push(name.to_string());
                 PluginSlot {
-                    name: name.to_string(),
+                    name: name.clone(),
                     file: path,
                     current: Some(p),
                     status: PluginStatus::Ok,
@@ -246,7 +246,7 @@ impl Registry {
                 self.metrics.reload(name.as_str(), "error");
                 report.failed.push(name.to_string());
                 PluginSlot {
-                    name: name.to_string(),
+                    name: name.clone(),
                     file: path,
                     current: keeps,
                     status: PluginStatus::Error,

@@ -11,6 +11,7 @@ use super::output::{RawOutput, read_output};
 use super::sandbox::{Deadlined, new_state, with_deadline};
 use crate::config::format_bytes;
 use crate::error::FetchError;
+use crate::model::{DateRange, Ticker, ymd_string};
 
 /// How long a plugin file's top level may run when it is loaded.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,9 +19,9 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The arguments of one `fetch(req)` call.
 #[derive(Debug, Clone)]
 pub struct FetchArgs {
-    pub ticker: String,
-    pub start: String,
-    pub end: String,
+    pub ticker: Ticker,
+    /// The dates the plugin is asked for (`req.start_date`..`req.end_date`).
+    pub range: DateRange,
 }
 
 /// A load problem located in the plugin file (`file:line: message`).
@@ -108,8 +109,8 @@ impl PluginState {
         let run = async {
             let req = self.lua.create_table()?;
             req.raw_set("ticker", args.ticker.as_str())?;
-            req.raw_set("start_date", args.start.as_str())?;
-            req.raw_set("end_date", args.end.as_str())?;
+            req.raw_set("start_date", ymd_string(args.range.start()))?;
+            req.raw_set("end_date", ymd_string(args.range.end()))?;
             req.raw_set("plugin", self.plugin.as_str())?;
             req.raw_set("params", self.lua.create_table()?)?;
             // call_async runs fetch as a coroutine taken from the state's
