@@ -99,14 +99,14 @@ async fn cache_writes(redis_url: String, secs: u64) {
     use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use tickerd::cache::series::{Span, Write};
-    use tickerd::cache::{Cache, SeriesId, Store};
-    use tickerd::config::{Config, Flags};
-    use tickerd::model::{Bar, DateRange, PluginName, Ticker, parse_date};
+    use tickerd::bench::{
+        Bar, Cache, Config, DateRange, Flags, Metrics, PluginName, SeriesId, Span, Store, Ticker, Write, now_ms,
+        parse_date,
+    };
 
     let toml = format!("[redis]\nurl = \"{redis_url}\"\nkey_prefix = \"bench-writes\"\n");
     let cfg = Config::resolve(&Flags::default(), &HashMap::new(), None, Some(&toml)).expect("config");
-    let metrics = tickerd::metrics::Metrics::new();
+    let metrics = Metrics::new();
     let cache = Arc::new(Cache::new(cfg.redis, cfg.cache, Arc::clone(&metrics)));
     cache.redis().connect().await.expect("connect to redis");
     let start = parse_date("start", "2024-01-01").expect("date");
@@ -149,7 +149,7 @@ async fn cache_writes(redis_url: String, secs: u64) {
                     span: Span {
                         from: range.start(),
                         to: range.end(),
-                        fetched_ms: tickerd::cache::now_ms(),
+                        fetched_ms: now_ms(),
                         empty: false,
                     },
                     bars,

@@ -10,25 +10,37 @@
 //! - `cache`, `plugin`, `sink`: storage, the Lua runtime, producer outputs.
 //! - `metrics`, `logging`, `config`, `error`, `model`: what all of them share.
 //!
-//! Only what the binary (`cli::main`) and the examples/benches need is
-//! public: [`cache`], [`config`], [`metrics`], [`model`] and [`cli`]. The
-//! rest is `pub(crate)`; the integration tests drive the real binary.
+//! Only what the binary needs is public: [`cli::main`]. Every module is
+//! `pub(crate)`, so the compiler reports what nothing uses; the integration
+//! tests drive the real binary. `examples/loadgen.rs` (bench/profile.sh)
+//! fills a cache directly through the few items [`bench`] re-exports.
 
-pub mod budget;
-pub mod cache;
+pub(crate) mod budget;
+pub(crate) mod cache;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod error;
 pub(crate) mod http;
 #[cfg(test)]
 mod layers;
 pub(crate) mod logging;
-pub mod metrics;
-pub mod model;
-pub mod pipeline;
+pub(crate) mod metrics;
+pub(crate) mod model;
+pub(crate) mod pipeline;
 pub(crate) mod plugin;
 pub(crate) mod producer;
 pub(crate) mod reload;
 pub(crate) mod server;
 pub(crate) mod sink;
+
+/// What `examples/loadgen.rs` needs to fill a store without HTTP or Lua
+/// (bench/profile.sh measures the Redis write path with it). Not an API.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::cache::series::{Span, Write};
+    pub use crate::cache::{Cache, SeriesId, Store, now_ms};
+    pub use crate::config::{Config, Flags};
+    pub use crate::metrics::Metrics;
+    pub use crate::model::{Bar, DateRange, PluginName, Ticker, parse_date};
+}

@@ -160,11 +160,6 @@ impl MemoryStore {
         self.entries.invalidate_all();
     }
 
-    /// Series keys held (for invalidation by plugin while Redis is down).
-    pub fn keys(&self) -> Vec<String> {
-        self.entries.iter().map(|(k, _)| (*k).clone()).collect()
-    }
-
     fn try_lock(&self, id: &SeriesId, ttl: Duration) -> LockAnswer {
         let key = id.local_key();
         let now = tokio::time::Instant::now();

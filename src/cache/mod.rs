@@ -25,9 +25,8 @@ use futures::FutureExt;
 pub use key::{KeySpace, Selector, parse_index_member};
 pub use l1::L1;
 pub use memory::MemoryStore;
-pub use redis_series::{Notice, RedisSeries};
-pub use redis_store::{Conn, RedisStore, StoreError, own_connections};
-pub use redis_target::RedisMode;
+pub use redis_series::RedisSeries;
+pub use redis_store::{RedisStore, StoreError, own_connections};
 pub use store::{FailureMarker, LockAnswer, LockGuard, Read, SeriesId, Store, StoreFuture, Written};
 
 use crate::config::{CacheConfig, RedisConfig};

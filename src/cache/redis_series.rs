@@ -246,14 +246,6 @@ impl RedisSeries {
         }
     }
 
-    pub fn keys(&self) -> &KeySpace {
-        &self.keys
-    }
-
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
     /// Turns the values of `HMGET c m d1..dn` (or a `HGETALL`) into a
     /// snapshot of `range`, dropping what is not sound.
     fn snapshot(

@@ -80,10 +80,6 @@ impl Coverage {
         &self.0
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Reads the stored text; anything else than what [`Coverage::encode`]
     /// writes (overlaps and inverted intervals included) is refused whole.
     pub fn parse(text: &[u8]) -> Result<Self, Corrupt> {

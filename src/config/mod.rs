@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use duration::{RawDuration, parse_duration};
 use file::{FileConfig, PluginSection, WatchSection};
 pub use kafka::{KafkaConfig, WatchSink};
-pub use redis_access::{RedisAccess, Secret, SentinelSettings, TlsFiles, read_pem};
+pub use redis_access::{RedisAccess, SentinelSettings, TlsFiles, read_pem};
 
 use crate::model::{PluginName, RateLimit, Ticker};
 
@@ -896,7 +896,10 @@ mod tests {
         let e = env(&[("REDIS_HOST", "h"), ("REDIS_URL", "redis://:pw@u:1/2")]);
         let c = Config::resolve(&Flags::default(), &e, None, Some(file)).unwrap();
         assert_eq!(c.redis.url, "redis://u:1/2");
-        assert_eq!(c.redis.access.password.as_ref().map(Secret::expose), Some("pw"));
+        assert_eq!(
+            c.redis.access.password.as_ref().map(redis_access::Secret::expose),
+            Some("pw")
+        );
     }
 
     #[test]

@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -59,7 +58,7 @@ fn whole_volume(x: f64) -> Option<u64> {
 
 impl Bar {
     /// Appends this bar as JSON, byte for byte what its `Serialize` impl
-    /// writes through serde_json (see [`Bars::write_json`]).
+    /// writes through serde_json (string escaping of every key and date was ~4% of a whole refresh's instructions under callgrind).
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"date\":");
         match super::ymd(self.date) {
@@ -120,32 +119,9 @@ pub enum BarsError {
 pub struct Bars(Vec<Bar>);
 
 impl Bars {
-    /// Appends the bars as JSON, byte for byte what their `Serialize` impl
-    /// writes through serde_json (a property test holds the two together).
-    /// Why by hand: serde's map serialiser escapes every key (`"date"`,
-    /// `"open"`, ...) and every date on every bar; for a 30-bar document that
-    /// string escaping was ~4% of a whole refresh's instructions (callgrind).
-    /// Numbers and extra fields still go through serde_json.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'[');
-        for (i, bar) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            bar.write_json(out);
-        }
-        out.push(b']');
-    }
-
     /// Takes the bars out (they were checked when this was built).
     pub fn into_vec(self) -> Vec<Bar> {
         self.0
-    }
-
-    /// Bars as given, for tests of what does not depend on the contract.
-    #[cfg(test)]
-    pub fn from_unchecked(bars: Vec<Bar>) -> Self {
-        Self(bars)
     }
 
     /// Checks what a cache or plugin handed us against the output contract.
@@ -208,33 +184,12 @@ impl Bars {
         Ok(())
     }
 
-    pub fn as_slice(&self) -> &[Bar] {
-        &self.0
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     pub fn len(&self) -> usize {
         self.0.len()
-    }
-
-    /// `date,open,high,low,close,volume`, one line per bar.
-    pub fn to_csv(&self) -> String {
-        let mut out = String::with_capacity(32 + self.0.len() * 64);
-        out.push_str("date,open,high,low,close,volume\n");
-        for b in &self.0 {
-            let _ = write!(out, "{},{},{},{},{},", b.date, b.open, b.high, b.low, b.close);
-            if let Some(v) = b.volume {
-                let _ = match whole_volume(v) {
-                    Some(w) => write!(out, "{w}"),
-                    None => write!(out, "{v}"),
-                };
-            }
-            out.push('\n');
-        }
-        out
     }
 }
 
@@ -267,10 +222,6 @@ mod tests {
     fn accepts_sorted_bars_in_range() {
         let b = Bars::validated(vec![bar("2024-01-02"), bar("2024-01-03")], &range()).unwrap();
         assert_eq!(b.len(), 2);
-        assert_eq!(
-            b.to_csv(),
-            "date,open,high,low,close,volume\n2024-01-02,1,2,0.5,1.5,100\n2024-01-03,1,2,0.5,1.5,100\n"
-        );
     }
 
     #[test]

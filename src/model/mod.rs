@@ -13,7 +13,7 @@ mod ticker;
 pub use bars::{Bar, Bars, ExtraValue, json_into};
 pub use date_range::{DateRange, parse_date, push_ymd, ymd, ymd_string};
 pub use plugin_name::PluginName;
-pub use rate_limit::{MAX_RATE_COUNT, Period, Rate, RateLimit};
+pub use rate_limit::{Rate, RateLimit};
 pub use ticker::Ticker;
 
 /// `x` as an integer when it is a whole number an `f64` holds exactly

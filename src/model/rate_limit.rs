@@ -97,10 +97,6 @@ impl fmt::Display for Rate {
 pub struct RateLimit(Vec<Rate>);
 
 impl RateLimit {
-    pub fn none() -> Self {
-        Self::default()
-    }
-
     /// One rate string.
     pub fn parse(raw: &str) -> Result<Self, String> {
         Self::from_rates(vec![Rate::parse(raw)?])
@@ -122,6 +118,7 @@ impl RateLimit {
         Ok(Self(rates))
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -190,7 +187,7 @@ mod tests {
         assert_eq!(l.to_strings(), ["5/min", "25/day"]);
         assert_eq!(l.to_string(), "5/min, 25/day");
         assert!(RateLimit::parse_list::<&str>(&[]).unwrap().is_empty());
-        assert_eq!(RateLimit::none().to_string(), "none");
+        assert_eq!(RateLimit::default().to_string(), "none");
         assert_eq!(Rate::parse("2/h").unwrap().window_ms(), 3_600_000);
     }
 }

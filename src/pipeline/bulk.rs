@@ -34,8 +34,6 @@ pub struct Bulk {
     pub rx: mpsc::Receiver<(Ticker, Result<Answer, FetchError>)>,
     /// Tickers sleeping on a `Retry-After` before their next attempt.
     pub retrying: Arc<AtomicUsize>,
-    /// How many tickers run at once.
-    pub concurrency: usize,
 }
 
 /// One NDJSON line for a ticker that failed:
@@ -91,11 +89,7 @@ impl Pipeline {
                 });
             }
         });
-        Ok(Bulk {
-            rx,
-            retrying,
-            concurrency,
-        })
+        Ok(Bulk { rx, retrying })
     }
 
     async fn get_retrying(

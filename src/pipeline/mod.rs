@@ -119,10 +119,15 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy)]
 pub enum Clock {
     System,
-    Tokio { base_ms: u64, start: tokio::time::Instant },
+    #[cfg(test)]
+    Tokio {
+        base_ms: u64,
+        start: tokio::time::Instant,
+    },
 }
 
 impl Clock {
+    #[cfg(test)]
     pub fn tokio_from(base_ms: u64) -> Self {
         Clock::Tokio {
             base_ms,
@@ -133,6 +138,7 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         match self {
             Clock::System => crate::cache::now_ms(),
+            #[cfg(test)]
             Clock::Tokio { base_ms, start } => base_ms + start.elapsed().as_millis() as u64,
         }
     }

@@ -119,6 +119,7 @@ where
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

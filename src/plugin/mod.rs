@@ -55,7 +55,6 @@ pub fn is_meta_file(source: &str) -> bool {
 /// One loaded version of one plugin.
 pub struct Plugin {
     pub name: PluginName,
-    pub file: PathBuf,
     pub version: String,
     pub loaded_at: DateTime<Utc>,
     pub manifest: Manifest,
@@ -106,7 +105,6 @@ impl Plugin {
         }
         Ok(Arc::new(Self {
             name,
-            file,
             version,
             loaded_at: Utc::now(),
             manifest,
@@ -252,7 +250,6 @@ mod tests {
         let settings = Settings::effective(&Manifest::default(), &overrides, Duration::from_secs(60));
         let plugin = Arc::new(Plugin {
             name: PluginName::parse("stuck").expect("a valid name"),
-            file: PathBuf::from("stuck.lua"),
             version: "v".into(),
             loaded_at: Utc::now(),
             manifest: Manifest::default(),
