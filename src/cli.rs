@@ -21,7 +21,7 @@ use crate::plugin::{PluginFile, Settings, check_source, is_meta_file, list_plugi
     version,
     about = "Hosts Lua market-data fetcher plugins behind one shared Redis cache"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML config file (also TICKERD_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
