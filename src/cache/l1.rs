@@ -165,3 +165,112 @@ impl L1 {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::cache::series::Span;
+    use crate::cache::series::tests::{d, r};
+
+    fn id(plugin: &str, t: &str) -> SeriesId {
+        SeriesId {
+            plugin: PluginName::parse(plugin).unwrap(),
+            version: 1,
+            ticker: Ticker::parse(t).unwrap(),
+        }
+    }
+
+    /// January 2024 with one bar on the 2nd.
+    fn january() -> Write {
+        Write {
+            span: Span {
+                from: d("2024-01-01"),
+                to: d("2024-01-31"),
+                fetched_ms: 1,
+                empty: false,
+            },
+            bars: vec![(d("2024-01-02"), Bytes::from_static(b"{\"close\":1}"))],
+            meta: None,
+        }
+    }
+
+    fn l1() -> L1 {
+        L1::new(Duration::from_secs(60), 100, 1 << 20, "me".into())
+    }
+
+    fn notice(origin: &str, series: Option<&str>, plugin: Option<&str>, ticker: Option<&str>) -> Notice {
+        Notice {
+            origin: origin.into(),
+            series: series.map(Into::into),
+            plugin: plugin.map(Into::into),
+            ticker: ticker.map(Into::into),
+        }
+    }
+
+    fn holds(l1: &L1, id: &SeriesId) -> bool {
+        l1.get(id, r("2024-01-01", "2024-01-31"))
+            .is_some_and(|s| s.bars.contains_key(&d("2024-01-02")))
+    }
+
+    #[test]
+    fn not_subscribed_it_keeps_and_serves_nothing() {
+        let l1 = l1();
+        let a = id("p", "AAPL");
+        l1.apply(&a, &january());
+        l1.set_active(true);
+        assert!(!holds(&l1, &a), "a write made while unsubscribed was kept");
+        l1.apply(&a, &january());
+        assert!(holds(&l1, &a));
+        // The subscription drops: emptied and bypassed, even once back.
+        l1.set_active(false);
+        assert!(l1.get(&a, r("2024-01-01", "2024-01-31")).is_none());
+        l1.set_active(true);
+        assert!(!holds(&l1, &a));
+    }
+
+    #[test]
+    fn another_daemons_notice_drops_what_it_names_and_ours_is_ignored() {
+        let l1 = l1();
+        l1.set_active(true);
+        let (a, m) = (id("p", "AAPL"), id("p", "MSFT"));
+        l1.apply(&a, &january());
+        l1.apply(&m, &january());
+        l1.apply_notice(&notice("me", Some(&a.local_key()), None, None));
+        assert!(holds(&l1, &a), "this daemon's own notice dropped its entry");
+        l1.apply_notice(&notice("other", Some(&a.local_key()), None, None));
+        assert!(!holds(&l1, &a));
+        assert!(holds(&l1, &m), "a notice for one series dropped another");
+        // By selector: a ticker of any plugin.
+        l1.apply(&id("q", "MSFT"), &january());
+        l1.apply_notice(&notice("other", None, None, Some("MSFT")));
+        assert!(!holds(&l1, &m) && !holds(&l1, &id("q", "MSFT")));
+    }
+
+    #[test]
+    fn an_unreadable_notice_empties_it() {
+        let l1 = l1();
+        l1.set_active(true);
+        let a = id("p", "AAPL");
+        l1.apply(&a, &january());
+        l1.apply_notice(&notice("other", None, Some("Not A Name"), None));
+        assert!(!holds(&l1, &a));
+    }
+
+    #[test]
+    fn a_read_older_than_a_notice_is_not_put_back() {
+        let l1 = l1();
+        l1.set_active(true);
+        let a = id("p", "AAPL");
+        let mut snap = Snapshot::default();
+        snap.bars.insert(d("2024-01-02"), Bytes::from_static(b"{\"close\":1}"));
+        let window = r("2024-01-01", "2024-01-31");
+        let before = l1.epoch();
+        l1.apply_notice(&notice("other", None, Some("p"), None));
+        l1.remember(&a, window, &snap, before);
+        assert!(l1.series.get(&a).is_none(), "a read from before the notice was kept");
+        l1.remember(&a, window, &snap, l1.epoch());
+        assert!(l1.series.get(&a).is_some());
+    }
+}
