@@ -16,10 +16,11 @@
 FROM rust:1.95-slim-bookworm AS builder
 
 # mlua's vendored Lua 5.4, ring, jemalloc and librdkafka (the Kafka sink,
-# bundled by rdkafka: configure + make) are C built here.
-# TLS is rustls + ring, so neither OpenSSL nor pkg-config is needed.
+# bundled by rdkafka: configure + make) are C built here. librdkafka's TLS and
+# SASL SCRAM use Debian's OpenSSL (rdkafka feature "ssl"), found through
+# pkg-config; tickerd's own TLS (Redis, plugin HTTPS) is rustls + ring.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev make \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
@@ -50,8 +51,9 @@ LABEL org.opencontainers.image.title="tickerd" \
       org.opencontainers.image.licenses="MIT"
 
 # ca-certificates: plugins fetch over HTTPS. curl: the HEALTHCHECK below.
+# libssl3: the OpenSSL librdkafka is linked against (Kafka over TLS/SASL).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 tickerd \
  && useradd --system --uid 10001 --gid tickerd --no-create-home \

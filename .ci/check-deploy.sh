@@ -261,10 +261,19 @@ if len(stages) >= 2:
     dummy = " ".join(builder[builds[0]][3]) if builds else ""
     check("fn main" in dummy and "src/main.rs" in dummy, "dependency layer builds a placeholder main")
 
+    # librdkafka is built with OpenSSL (rdkafka feature "ssl", Kafka over
+    # TLS/SASL): the builder needs its headers and pkg-config, the runtime
+    # the shared library.
+    builder_runs = " ".join(" ".join(i[3]) for i in builder if i[0] == "RUN")
+    for pkg in ("pkg-config", "libssl-dev"):
+        check(re.search(rf"apt-get install[^&;]*(?<![\w-]){re.escape(pkg)}(?![\w-])", builder_runs) is not None,
+              f"builder installs {pkg} (librdkafka's OpenSSL)")
     runs = " ".join(" ".join(i[3]) for i in runtime if i[0] == "RUN")
     check(re.search(r"apt-get install[^&;]*\bca-certificates\b", runs) is not None
           and re.search(r"apt-get install[^&;]*\bcurl\b", runs) is not None,
           "runtime installs ca-certificates and curl")
+    check(re.search(r"apt-get install[^&;]*\blibssl3\b", runs) is not None,
+          "runtime installs libssl3 (tickerd links librdkafka's OpenSSL)")
     check("rm -rf /var/lib/apt/lists" in runs, "runtime cleans apt lists")
     check(re.search(r"useradd\b[^&;]*\btickerd\b", runs) is not None, "runtime creates user tickerd")
 

@@ -144,6 +144,15 @@ else
     exit 1
 fi
 
+# The binary is linked against shared libraries (libssl3 for librdkafka's
+# TLS among them): one missing in the runtime stage fails here, by name.
+if out=$(docker run --rm --entrypoint /usr/local/bin/tickerd "$IMAGE_TAG" --version 2>&1); then
+    ok "the binary starts in the image ($out: its shared libraries are installed)"
+else
+    fail "the binary starts in the image: $out"
+    exit 1
+fi
+
 log "== run it against Redis"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RPORT=$(free_port)

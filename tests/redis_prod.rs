@@ -3,63 +3,18 @@
 //! the README's least-privilege rule, and passwords that never show.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Daemon, DaemonBuilder, RedisServer, free_port, unique, wait_for};
+use pki::Pki;
 use serde_json::Value;
 
 const PATH: &str = "/v1/data/synthetic/AAPL?start=2024-01-01&end=2024-01-31";
-
-/// A CA, a server certificate for 127.0.0.1/localhost and a client
-/// certificate, all signed by that CA, written as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose,
-        };
-        let dir = tempfile::tempdir().expect("pki dir");
-        let ca_key = KeyPair::generate().expect("ca key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.distinguished_name
-            .push(DnType::CommonName, unique("tickerd test CA "));
-        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
-        let issuer = Issuer::new(ca, ca_key);
-        let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().expect("key");
-            let mut p = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("params");
-            p.distinguished_name.push(DnType::CommonName, name);
-            p.extended_key_usages = vec![usage];
-            let cert = p.signed_by(&key, &issuer).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf("redis", ExtendedKeyUsagePurpose::ServerAuth);
-        let (client_cert, client_key) = leaf("tickerd", ExtendedKeyUsagePurpose::ClientAuth);
-        for (name, text) in [
-            ("ca.pem", ca_cert.pem()),
-            ("server.pem", server_cert),
-            ("server.key", server_key),
-            ("client.pem", client_cert),
-            ("client.key", client_key),
-        ] {
-            std::fs::write(dir.path().join(name), text).expect("write pem");
-        }
-        Self { dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 /// A TLS-only `redis-server` (no plain port) using `pki`'s server certificate.
 struct TlsRedis {

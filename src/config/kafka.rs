@@ -81,6 +81,18 @@ const FIXED: &[(&str, &[&str])] = &[
     ("request.required.acks", &["all", "-1"]),
 ];
 
+/// librdkafka properties that name a file (the CA may also be a directory,
+/// or `probe`): opened here, so a wrong path is an error naming the key and
+/// the path, not librdkafka's "ssl.ca.location failed: ... system lib" when
+/// the producer is made.
+const PATH_OPTIONS: &[&str] = &[
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.crl.location",
+    "ssl.keystore.location",
+];
+
 pub(super) fn resolve_kafka(
     section: Option<&KafkaSection>,
     env_get: &dyn Fn(&str) -> Option<String>,
@@ -133,6 +145,14 @@ pub(super) fn resolve_kafka(
             ));
         }
         options.insert(k.clone(), value);
+    }
+    for k in PATH_OPTIONS {
+        if let Some(path) = options.get(*k)
+            && !(*k == "ssl.ca.location" && path == "probe")
+            && let Err(e) = std::fs::File::open(path)
+        {
+            return Err(invalid(format!("kafka.options.\"{k}\""), format!("{path}: {e}")));
+        }
     }
     let cfg = KafkaConfig {
         brokers,
@@ -287,10 +307,35 @@ mod tests {
         let s = section("[options]\n\"compression.type\" = \"zip\"\n");
         let err = resolve_kafka(Some(&s), &no_env).unwrap_err().to_string();
         assert!(err.contains("compression.type"), "{err}");
-        // Built without OpenSSL (rdkafka's default features): refused at start.
-        let s = section("[options]\n\"security.protocol\" = \"ssl\"\n");
+        // librdkafka is built with OpenSSL (rdkafka feature "ssl"): TLS and
+        // SASL over TLS pass; a build without it refuses "ssl" right here.
+        let s = section(
+            "[options]\n\"security.protocol\" = \"ssl\"\n\"ssl.endpoint.identification.algorithm\" = \"https\"\n",
+        );
+        let c = resolve_kafka(Some(&s), &no_env).unwrap();
+        assert_eq!(c.options.get("security.protocol").map(String::as_str), Some("ssl"));
+        let s = section(
+            "[options]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"p\"\n",
+        );
+        assert!(resolve_kafka(Some(&s), &no_env).is_ok());
+        let ca = std::env::temp_dir()
+            .join(format!("tickerd-no-such-dir-{}", std::process::id()))
+            .join("ca.pem");
+        let s = section(&format!(
+            "[options]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n",
+            ca.display()
+        ));
         let err = resolve_kafka(Some(&s), &no_env).unwrap_err().to_string();
-        assert!(err.contains("security.protocol"), "{err}");
+        assert!(err.contains("kafka.options.\"ssl.ca.location\""), "{err}");
+        assert!(
+            err.contains(&ca.display().to_string()) && err.contains("No such file"),
+            "{err}"
+        );
+        let s = section("[options]\n\"ssl.ca.location\" = \"probe\"\n");
+        assert!(resolve_kafka(Some(&s), &no_env).is_ok(), "probe: the system's CA store");
+        let s = section("[options]\n\"security.protocol\" = \"tls\"\n");
+        let err = resolve_kafka(Some(&s), &no_env).unwrap_err().to_string();
+        assert!(err.contains("kafka.options.\"security.protocol\""), "{err}");
         let s = section(
             "[options]\n\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\"sasl.username\" = \"u\"\n\"sasl.password\" = \"p\"\n",
         );

@@ -477,4 +477,35 @@ mod tests {
             "records left at close are counted: {text}"
         );
     }
+    /// librdkafka's TLS and its SASL SCRAM both need OpenSSL at build time
+    /// (rdkafka feature "ssl"); without it `rd_kafka_new` refuses these
+    /// settings, so making the producer is the check.
+    #[test]
+    fn tls_and_sasl_scram_are_compiled_in() {
+        for options in [
+            &[("security.protocol", "ssl")][..],
+            &[
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ],
+            &[
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanisms", "SCRAM-SHA-256"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ],
+        ] {
+            let mut cfg = config("127.0.0.1:1");
+            cfg.options = options
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            match KafkaSink::new(&cfg, Metrics::new()) {
+                Ok(sink) => sink.flush_and_close(Duration::ZERO),
+                Err(e) => panic!("{options:?}: {e}"),
+            }
+        }
+    }
 }

