@@ -485,6 +485,29 @@ fn show(d: Duration) -> String {
 }
 
 /// Checks that a duration lies within `min..=max`, naming the key and the bounds.
+/// Bounds of the per-plugin settings, the same whether a plugin file
+/// declares them or `[plugins.<name>]` overrides them: (least, most).
+pub(crate) mod plugin_bounds {
+    use super::{DAY, MAX_TTL, MS, SEC, ZERO};
+    use std::time::Duration;
+
+    pub(crate) const TTL: (Duration, Duration) = (SEC, MAX_TTL);
+    pub(crate) const TIMEOUT: (Duration, Duration) = (MS, Duration::from_secs(10 * 60));
+    pub(crate) const SETTLE: (Duration, Duration) = (ZERO, MAX_TTL);
+    pub(crate) const SETTLED_TTL: (Duration, Duration) = (SEC, MAX_TTL);
+    /// A call waiting longer than a day for its turn is a misconfiguration.
+    pub(crate) const MAX_WAIT: (Duration, Duration) = (ZERO, DAY);
+    pub(crate) const MAX_CONCURRENCY: usize = 10_000;
+    /// `cache_version` is part of every key; a bound keeps keys short.
+    pub(crate) const CACHE_VERSION: u32 = 1_000_000;
+}
+
+/// `v` within `min..=max`, or the message that names the bounds (shared by
+/// config keys and plugin-file declarations).
+pub(crate) fn out_of_range(v: Duration, (min, max): (Duration, Duration)) -> Option<String> {
+    (v < min || v > max).then(|| format!("{} is out of range; expected {} to {}", show(v), show(min), show(max)))
+}
+
 fn within(key: &str, v: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
     if v < min || v > max {
         return Err(invalid(
@@ -692,7 +715,7 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
         .map(|r| r.parse().map_err(|m| invalid(key("ttl"), m)))
         .transpose()?;
     if let Some(t) = ttl {
-        within(&key("ttl"), t, SEC, MAX_TTL)?;
+        within(&key("ttl"), t, plugin_bounds::TTL.0, plugin_bounds::TTL.1)?;
     }
     let timeout = s
         .timeout
@@ -700,7 +723,7 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
         .map(|r| r.parse().map_err(|m| invalid(key("timeout"), m)))
         .transpose()?;
     if let Some(t) = timeout {
-        within(&key("timeout"), t, MS, MINUTE * 10)?;
+        within(&key("timeout"), t, plugin_bounds::TIMEOUT.0, plugin_bounds::TIMEOUT.1)?;
     }
     let count = |v: Option<u64>, k: &str, max: u64| -> Result<Option<usize>, ConfigError> {
         v.map(|n| bounded_int(Some(n), &key(k), 0usize, 1, max)).transpose()
@@ -745,14 +768,27 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
     let max_wait = s
         .max_wait
         .as_ref()
-        .map(|r| r.parse().map_err(|m| invalid(key("max_wait"), m)))
+        .map(|r| {
+            r.parse().map_err(|m| invalid(key("max_wait"), m)).and_then(|d| {
+                within(
+                    &key("max_wait"),
+                    d,
+                    plugin_bounds::MAX_WAIT.0,
+                    plugin_bounds::MAX_WAIT.1,
+                )
+            })
+        })
         .transpose()?;
     Ok(PluginOverrides {
         rate_limit,
         max_wait,
         ttl,
         timeout,
-        max_concurrency: count(s.max_concurrency, "max_concurrency", 10_000)?,
+        max_concurrency: count(
+            s.max_concurrency,
+            "max_concurrency",
+            plugin_bounds::MAX_CONCURRENCY as u64,
+        )?,
         env: s.env.clone(),
         allow_hosts: s.allow_hosts.clone(),
         memory_limit: bytes(&s.memory_limit, "memory_limit", 1 << 20, 4 << 30)?,
@@ -764,14 +800,19 @@ fn resolve_plugin(name: &str, s: &PluginSection) -> Result<PluginOverrides, Conf
             .map(|r| {
                 r.parse()
                     .map_err(|m| invalid(key("settle"), m))
-                    .and_then(|d| within(&key("settle"), d, ZERO, MAX_TTL))
+                    .and_then(|d| within(&key("settle"), d, plugin_bounds::SETTLE.0, plugin_bounds::SETTLE.1))
             })
             .transpose()?,
         settled_ttl: match s.settled_ttl.as_ref() {
             None => None,
             Some(r) => match r.parse() {
                 Ok(d) if d == Duration::ZERO => return Err(invalid(key("settled_ttl"), "must be more than 0")),
-                Ok(d) => Some(within(&key("settled_ttl"), d, SEC, MAX_TTL)?),
+                Ok(d) => Some(within(
+                    &key("settled_ttl"),
+                    d,
+                    plugin_bounds::SETTLED_TTL.0,
+                    plugin_bounds::SETTLED_TTL.1,
+                )?),
                 Err(m) => return Err(invalid(key("settled_ttl"), m)),
             },
         },

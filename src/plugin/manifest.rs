@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mlua::{Table, Value};
 
-use crate::config::{is_env_var_name, parse_duration};
+use crate::config::{is_env_var_name, out_of_range, parse_duration, plugin_bounds};
 use crate::model::{RateLimit, whole_number};
 use crate::plugin::convert::lua_duration;
 
@@ -60,6 +60,15 @@ fn problem(key: &str, message: impl Into<String>) -> ManifestProblem {
 fn duration(t: &Table, key: &str) -> Result<Option<Duration>, ManifestProblem> {
     let v = t.raw_get::<Value>(key).map_err(|e| problem(key, e.to_string()))?;
     lua_duration(key, v).map_err(|m| problem(key, m))
+}
+
+/// A declared duration within the bounds `[plugins.<name>]` has for the
+/// same key, so a plugin file cannot ask for what the config may not.
+fn bounded(key: &str, v: Option<Duration>, bounds: (Duration, Duration)) -> Result<Option<Duration>, ManifestProblem> {
+    match v.and_then(|d| out_of_range(d, bounds)) {
+        Some(m) => Err(problem(key, format!("{key}: {m}"))),
+        None => Ok(v),
+    }
 }
 
 /// `settle` may be zero (every date before today is settled).
@@ -169,14 +178,26 @@ impl Manifest {
             Ok(Value::Number(n)) => whole_number(n).and_then(|i| u32::try_from(i).ok()),
             _ => None,
         }
-        .ok_or_else(|| problem("cache_version", "cache_version must be a whole number >= 0"))?;
+        .filter(|v| *v <= plugin_bounds::CACHE_VERSION)
+        .ok_or_else(|| {
+            problem(
+                "cache_version",
+                format!(
+                    "cache_version must be a whole number from 0 to {}",
+                    plugin_bounds::CACHE_VERSION
+                ),
+            )
+        })?;
         let max_concurrency = match t.raw_get::<Value>("max_concurrency") {
             Ok(Value::Nil) => None,
-            Ok(Value::Integer(i)) if i >= 1 => Some(i as usize),
+            Ok(Value::Integer(i)) if (1..=plugin_bounds::MAX_CONCURRENCY as i64).contains(&i) => Some(i as usize),
             _ => {
                 return Err(problem(
                     "max_concurrency",
-                    "max_concurrency must be a whole number >= 1",
+                    format!(
+                        "max_concurrency must be a whole number from 1 to {}",
+                        plugin_bounds::MAX_CONCURRENCY
+                    ),
                 ));
             }
         };
@@ -188,16 +209,16 @@ impl Manifest {
         }
         Ok(Manifest {
             description,
-            ttl: duration(t, "ttl")?,
-            timeout: duration(t, "timeout")?,
+            ttl: bounded("ttl", duration(t, "ttl")?, plugin_bounds::TTL)?,
+            timeout: bounded("timeout", duration(t, "timeout")?, plugin_bounds::TIMEOUT)?,
             cache_version,
             env,
             allow_hosts: names(t, "allow_hosts")?,
             max_concurrency,
-            settle: duration_or_zero(t, "settle")?,
-            settled_ttl: duration(t, "settled_ttl")?,
+            settle: bounded("settle", duration_or_zero(t, "settle")?, plugin_bounds::SETTLE)?,
+            settled_ttl: bounded("settled_ttl", duration(t, "settled_ttl")?, plugin_bounds::SETTLED_TTL)?,
             rate_limit: rate_limit(t)?,
-            max_wait: duration(t, "max_wait")?,
+            max_wait: bounded("max_wait", duration(t, "max_wait")?, plugin_bounds::MAX_WAIT)?,
         })
     }
 }

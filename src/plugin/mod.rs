@@ -238,6 +238,33 @@ pub fn check_source(name: &str, file: &str, source: &str) -> Result<Manifest, Lo
 mod tests {
     use super::*;
 
+    /// A plugin file cannot declare what `[plugins.<name>]` may not set: each
+    /// out-of-range declaration fails the load at its line, naming the bound.
+    #[test]
+    fn declared_numbers_are_bounded_as_config_keys_are() {
+        let fetch = "fetch = function(req) return { bars = {} } end";
+        for (decl, wants) in [
+            ("ttl = \"20000d\"", "expected 1s to"),
+            ("timeout = \"2h\"", "expected 1ms to 10m"),
+            ("settle = \"20000d\"", "expected 0s to"),
+            ("settled_ttl = \"20000d\"", "expected 1s to"),
+            ("max_wait = \"3d\"", "expected 0s to 1d"),
+            ("max_concurrency = 1000000", "from 1 to 10000"),
+            ("cache_version = 2000000000", "from 0 to 1000000"),
+        ] {
+            let src = format!("return {{\n  {fetch},\n  {decl},\n}}\n");
+            match check_source("p", "p.lua", &src) {
+                Err(p) => {
+                    assert_eq!(p.line, 3, "{decl}: {p}");
+                    assert!(p.message.contains(wants), "{decl}: {p}");
+                }
+                Ok(_) => panic!("{decl} was accepted"),
+            }
+        }
+        let ok = format!("return {{ {fetch}, ttl = \"1h\", max_concurrency = 64, cache_version = 7 }}");
+        assert!(check_source("p", "p.lua", &ok).is_ok());
+    }
+
     /// A plugin whose only state never answers (stuck where the deadline
     /// cannot reach): the first fetch times out and quarantines the plugin,
     /// later fetches answer 503 at once and start no thread.
