@@ -67,7 +67,8 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
     };
     let app = crate::http::router(Arc::clone(&daemon));
     let threads = cfg.http_threads.unwrap_or_else(crate::http::default_http_threads);
-    let mut cores = match crate::http::serve_per_core(listener, app, threads, stop_rx) {
+    let limits = crate::http::ConnLimits::new(&cfg.http, daemon.metrics());
+    let mut cores = match crate::http::serve_per_core(listener, app, threads, limits, stop_rx) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, threads, "cannot start the HTTP threads; try a lower http_threads");

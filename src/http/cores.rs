@@ -1,6 +1,7 @@
 //! HTTP served thread-per-core: one acceptor hands each new connection to one
-//! of N threads, and each thread runs its own single-threaded runtime with
-//! axum on the connections it was given.
+//! of N threads, and each thread runs its own single-threaded runtime serving
+//! the connections it was given (hyper's HTTP/1 with our connection limits,
+//! `http::conn`; the routes are axum's).
 //!
 //! Why not axum on the daemon's multi-thread runtime: on the 2-core benchmark
 //! machine, a request there is often woken on one worker and stolen or
@@ -30,41 +31,14 @@ use std::time::Duration;
 use axum::Router;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
-type Handoff = (std::net::TcpStream, SocketAddr);
+use super::conn::{self, Limits, OpenGuard};
 
-/// What one serving thread reads its connections from.
-struct CoreListener {
-    rx: mpsc::UnboundedReceiver<Handoff>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for CoreListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            match self.rx.recv().await {
-                // Registers the socket with this thread's reactor.
-                Some((stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(s) => return (s, peer),
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "dropped a new connection: cannot register it with the HTTP thread")
-                    }
-                },
-                // The acceptor stopped (shutdown): no more connections come.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
+type Handoff = (std::net::TcpStream, SocketAddr, OpenGuard);
 
 /// The running HTTP threads.
 pub(crate) struct Cores {
@@ -88,16 +62,16 @@ pub(crate) fn start(
     listener: TcpListener,
     app: Router,
     threads: usize,
+    limits: Limits,
     stop: watch::Receiver<bool>,
 ) -> io::Result<Cores> {
-    let local = listener.local_addr()?;
     let (exit, exit_rx) = watch::channel(false);
     let done = FuturesUnordered::new();
     let mut senders = Vec::with_capacity(threads.max(1));
     for i in 0..threads.max(1) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
-        let (app, mut stop, mut exit_rx) = (app.clone(), stop.clone(), exit_rx.clone());
+        let (app, limits, stop, mut exit_rx) = (app.clone(), limits.clone(), stop.clone(), exit_rx.clone());
         std::thread::Builder::new().name(format!("http-{i}")).spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -108,19 +82,15 @@ pub(crate) fn start(
             };
             crate::cache::own_connections();
             rt.block_on(async move {
-                let res = axum::serve(CoreListener { rx, local }, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-                let _ = done_tx.send(res);
+                serve_core(rx, app, limits, stop).await;
+                let _ = done_tx.send(Ok(()));
                 let _ = exit_rx.wait_for(|e| *e).await;
             });
         })?;
         done.push(done_rx);
         senders.push(tx);
     }
-    tokio::spawn(accept_loop(listener, senders, stop));
+    tokio::spawn(accept_loop(listener, senders, limits, stop));
     Ok(Cores { done, exit })
 }
 
@@ -141,11 +111,53 @@ impl Cores {
     }
 }
 
+/// One serving thread: serves each connection handed to it on its own task
+/// until `stop` turns true, then waits for them all to drain (each finishes
+/// the request in flight and closes).
+async fn serve_core(
+    mut rx: mpsc::UnboundedReceiver<Handoff>,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let mut open = true;
+    let conn_stop = stop.clone();
+    loop {
+        tokio::select! {
+            handoff = rx.recv(), if open => match handoff {
+                // Registers the socket with this thread's reactor.
+                Some((stream, peer, guard)) => match TcpStream::from_std(stream) {
+                    Ok(s) => {
+                        conns.spawn(conn::serve(s, app.clone(), limits.clone(), conn_stop.clone(), guard));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "dropped a new connection: cannot register it with the HTTP thread")
+                    }
+                },
+                // The acceptor stopped (shutdown): no more connections come.
+                None => open = false,
+            },
+            // Reaps finished connections so the set stays small.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// What a connection over the cap reads before it is closed.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 94\r\nconnection: close\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; retry shortly\"}}";
+
 /// Accepts connections and deals them out round-robin. Keep-alive clients
 /// hold their connection, so dealing by count spreads steady load evenly.
+/// Above the connection cap a new connection gets a 503 (when its socket
+/// buffer takes it at once) and is closed, so the fds the cap keeps free
+/// stay free for the daemon's own work.
 async fn accept_loop(
     listener: TcpListener,
     cores: Vec<mpsc::UnboundedSender<Handoff>>,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -164,9 +176,15 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(guard) = limits.admit() else {
+            let mut stream = stream;
+            let _ = stream.try_write(OVER_CAP);
+            let _ = stream.shutdown().await;
+            continue;
+        };
         match stream.into_std() {
             Ok(s) => {
-                let _ = cores[next % cores.len()].send((s, peer));
+                let _ = cores[next % cores.len()].send((s, peer, guard));
                 next = next.wrapping_add(1);
             }
             Err(e) => tracing::warn!(%peer, error = %e, "dropped a new connection: cannot hand it to an HTTP thread"),
@@ -179,4 +197,23 @@ fn is_connection_error(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_over_cap_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVER_CAP).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.parse().ok())
+            .expect("a content-length");
+        assert_eq!(len, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(v["error"]["code"], "too_many_connections");
+    }
 }

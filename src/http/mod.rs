@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod bulk;
+mod conn;
 mod cores;
 mod data;
 mod error;
@@ -19,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
+pub(crate) use conn::Limits as ConnLimits;
 pub(crate) use cores::{default_threads as default_http_threads, start as serve_per_core};
 pub(crate) use error::ApiError;
 

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Redis for the back-off interval), so an outage, or a breaker that
     /// opens when it should not, shows on a dashboard and not only in logs.
     pub redis_breaker_trips: IntCounter,
+    /// Client connections open now (README, "Connections").
+    pub http_connections_open: IntGauge,
+    /// Connections closed at once because the cap was reached.
+    pub http_connections_rejected: IntCounter,
     per_plugin: RwLock<HashMap<String, Arc<PluginMetrics>>>,
     upstream_rate_limited: IntCounterVec,
     upstream_wait: HistogramVec,
@@ -267,6 +271,12 @@ impl Metrics {
                 &r,
                 "redis_breaker_trips_total",
                 "Times a failed Redis call opened the breaker (Redis skipped for the back-off interval)",
+            ),
+            http_connections_open: gauge(&r, "http_connections_open", "Client HTTP connections open now"),
+            http_connections_rejected: plain_counter(
+                &r,
+                "http_connections_rejected_total",
+                "Client connections closed at once because the connection cap (max_connections, or the open-files limit) was reached",
             ),
             registry: r,
             per_plugin: RwLock::new(HashMap::new()),

@@ -14,6 +14,7 @@ pub struct DaemonBuilder {
     redis_url: String,
     listen: Option<String>,
     extra_args: Vec<String>,
+    nofile: Option<u64>,
 }
 
 pub struct Daemon {
@@ -44,6 +45,7 @@ impl DaemonBuilder {
             redis_url: redis_url.to_owned(),
             listen: None,
             extra_args: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -81,6 +83,13 @@ impl DaemonBuilder {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.extra_args.push(a.to_owned());
+        self
+    }
+
+    /// Starts the daemon with this open-files limit (soft and hard), as
+    /// `ulimit -n` or systemd's `LimitNOFILE` would.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
         self
     }
 
@@ -135,6 +144,24 @@ impl DaemonBuilder {
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt as _;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: only setrlimit, which is async-signal-safe, runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let child = cmd.spawn().expect("start tickerd");
         let _ = rustls::crypto::ring::default_provider().install_default();
