@@ -345,13 +345,6 @@ async fn fds_are_kept_for_the_daemons_own_work_under_a_low_open_files_limit() {
             Ok(_) => refused += 1,
         }
     }
-    assert!(
-        refused > 0,
-        "all {} connections were kept with a 256-fd limit",
-        held.len()
-    );
-    assert!(held.len() > 50, "only {} connections kept", held.len());
-
     // One closes: /healthz is served within 1 s (plus the loaded machine).
     drop(held.pop());
     let t0 = Instant::now();
@@ -383,5 +376,12 @@ async fn fds_are_kept_for_the_daemons_own_work_under_a_low_open_files_limit() {
     assert_eq!(dir_errors, 0, "{}", common::tail(&log, 20));
     let accept_errors = log.matches("cannot accept connections").count();
     assert_eq!(accept_errors, 0, "{}", common::tail(&log, 20));
+    // Checked last, so that without a cap the checks above show what breaks.
+    assert!(
+        refused > 0,
+        "all {} connections were kept with a 256-fd limit",
+        held.len()
+    );
+    assert!(held.len() > 50, "only {} connections kept", held.len());
     drop(held);
 }
