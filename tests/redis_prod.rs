@@ -25,17 +25,24 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(pki: &Pki, auth_clients: bool) -> Self {
+        Self::start_with(pki, auth_clients, "server", &[])
+    }
+
+    /// A TLS-only server presenting `pki`'s `<cert>.pem`, with `extra`
+    /// arguments (cluster mode).
+    fn start_with(pki: &Pki, auth_clients: bool, cert: &str, extra: &[String]) -> Self {
         let dir = tempfile::tempdir().expect("redis dir");
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir.path())
             .arg("--tls-cert-file")
-            .arg(pki.file("server.pem"))
+            .arg(pki.file(&format!("{cert}.pem")))
             .arg("--tls-key-file")
-            .arg(pki.file("server.key"))
+            .arg(pki.file(&format!("{cert}.key")))
             .arg("--tls-ca-cert-file")
             .arg(pki.file("ca.pem"))
             .args(["--tls-auth-clients", if auth_clients { "yes" } else { "no" }])
@@ -361,4 +368,125 @@ async fn passwords_never_appear_in_logs_stats_readiness_or_errors() {
     assert!(!out.status.success());
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
     assert_no_secret("config error", &stderr, &wrong);
+}
+
+/// `redis-cli` over TLS (verifying with `pki`'s CA) against one TLS node,
+/// killed after 60 s (`--cluster create` waits for the join forever).
+fn tls_cli(pki: &Pki, port: u16, args: &[&str]) -> String {
+    let mut child = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(pki.file("ca.pem"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli on PATH (Debian's build supports --tls)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("redis-cli status").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("redis-cli output");
+            panic!(
+                "redis-cli {args:?} on {port} still running after 60s:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("redis-cli output");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?} on {port}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Redis Cluster over TLS only: three masters with `--tls-cluster yes` (the
+/// cluster bus and the addresses the cluster hands out are TLS too), formed
+/// with `redis-cli --tls --cluster create`. tickerd gets `rediss://` seed
+/// nodes and the CA; its entries land in the cluster and come back as HITs
+/// from the Redis layer.
+#[tokio::test]
+async fn tls_cluster_serves_hits_from_redis() {
+    let pki = Pki::new();
+    let nodes: Vec<TlsRedis> = (0..3)
+        .map(|_| {
+            // The bus port is chosen, not port + 10000 (absent above 55535).
+            let bus = free_port().to_string();
+            let args: Vec<String> = [
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                &bus,
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+            TlsRedis::start_with(&pki, false, "node", &args)
+        })
+        .collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let mut create: Vec<&str> = vec!["--cluster", "create"];
+    create.extend(addrs.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    tls_cli(&pki, nodes[0].port, &create);
+    wait_for(
+        "the TLS cluster to reach cluster_state:ok",
+        Duration::from_secs(30),
+        || async {
+            nodes
+                .iter()
+                .all(|n| tls_cli(&pki, n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let prefix = unique("tlsc");
+    let seeds = nodes
+        .iter()
+        .map(|n| format!("\"{}\"", n.url()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let d = DaemonBuilder::new(&nodes[0].url())
+        .bundled("synthetic")
+        .config(&format!(
+            "[redis]\nurl = \"{}\"\ncluster = true\nnodes = [{seeds}]\nkey_prefix = \"{prefix}\"\nop_timeout = \"500ms\"\nconnect_timeout = \"1s\"\nbackoff = \"300ms\"\ntls_ca_file = \"{}\"\n",
+            nodes[0].url(),
+            toml_path(&pki.file("ca.pem"))
+        ))
+        .start()
+        .await;
+    wait_redis(&d, "up").await;
+    assert_eq!(d.get_json("/readyz").await.1["redis_mode"], "cluster");
+    let tickers = ["AAPL", "MSFT", "IBM", "ORCL"];
+    for t in tickers {
+        let path = format!("/v1/data/synthetic/{t}?start=2024-01-01&end=2024-01-31");
+        assert_eq!(fetch(&d, &path).await, ("MISS".to_owned(), "redis".to_owned()), "{t}");
+        assert_eq!(fetch(&d, &path).await, ("HIT".to_owned(), "redis".to_owned()), "{t}");
+    }
+    // The entries are in the cluster, spread over its masters.
+    let pattern = format!("{prefix}:synthetic:*");
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|n| {
+            tls_cli(&pki, n.port, &["KEYS", &pattern])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .collect();
+    assert_eq!(per_node.iter().sum::<usize>(), tickers.len(), "{per_node:?}");
+    assert!(per_node.iter().filter(|k| **k > 0).count() >= 2, "{per_node:?}");
 }
