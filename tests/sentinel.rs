@@ -172,10 +172,13 @@ async fn a_failover_moves_tickerd_to_the_promoted_master_without_a_failed_reques
     let killed = Instant::now();
     // Requests for new tickers all through the switch; each must succeed.
     let mut n = 0;
+    let mut slowest = Duration::ZERO;
     let landed = loop {
         // Unique names, so one is never a substring of another in a key.
         let ticker = format!("N{n}X");
+        let asked = Instant::now();
         get_ok(&d, &ticker).await;
+        slowest = slowest.max(asked.elapsed());
         if role(&replica).as_deref() == Some("master") && has_entry(&replica, &prefix, &ticker) {
             break killed.elapsed();
         }
@@ -189,11 +192,47 @@ async fn a_failover_moves_tickerd_to_the_promoted_master_without_a_failed_reques
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!(
-        "failover: a new entry was in the promoted master {landed:?} after the kill ({n} requests meanwhile, none failed)"
+        "failover: a new entry was in the promoted master {landed:?} after the kill ({n} requests meanwhile, none failed, the slowest took {slowest:?})"
     );
     let ready = d.get_json("/readyz").await.1;
     assert_eq!(ready["redis"], "up", "{ready}");
     assert_eq!(ready["redis_master"], new.as_str(), "{ready}");
     assert_eq!(d.get_json("/v1/stats").await.1["redis_master"], new.as_str());
     assert!(d.log().contains(&new), "the log names the new master:\n{}", d.log());
+}
+
+/// A sentinel that hangs (SIGSTOP: it accepts connections and never
+/// answers) and is listed first does not keep tickerd from its master: the
+/// sentinels are asked apart, each lookup bounded, and the one that answers
+/// names the master.
+#[tokio::test]
+async fn a_hung_sentinel_listed_first_does_not_hold_up_the_master_lookup() {
+    let master = RedisServer::start();
+    let hung = Sentinel::start(master.port);
+    let ok = Sentinel::start(master.port);
+    wait_for("both sentinels to answer", Duration::from_secs(30), || async {
+        (hung.master_info().is_some() && ok.master_info().is_some()).then_some(())
+    })
+    .await;
+    let stopped = Command::new("kill")
+        .args(["-STOP", &hung.child.id().to_string()])
+        .status()
+        .expect("kill on PATH");
+    assert!(stopped.success(), "SIGSTOP the first sentinel");
+    let d = DaemonBuilder::new("redis://unused")
+        .bundled("synthetic")
+        .config(&format!(
+            "[redis]\nsentinels = [\"{}\", \"{}\"]\nsentinel_master = \"{MASTER}\"\nkey_prefix = \"{}\"\nop_timeout = \"250ms\"\nconnect_timeout = \"500ms\"\nbackoff = \"{BACKOFF_MS}ms\"\n",
+            hung.url(),
+            ok.url(),
+            unique("hung")
+        ))
+        .start()
+        .await;
+    let want = format!("127.0.0.1:{}", master.port);
+    wait_for("/readyz to name the master", Duration::from_secs(10), || async {
+        let r = d.get_json("/readyz").await.1;
+        (r["redis"] == "up" && r["redis_master"] == want.as_str()).then_some(())
+    })
+    .await;
 }

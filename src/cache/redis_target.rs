@@ -56,8 +56,12 @@ pub(crate) struct Resolved {
 
 pub(crate) struct RedisTarget {
     cfg: RedisConfig,
-    /// Built on first use and kept: it caches its sentinel connections.
-    sentinel: Mutex<Option<SentinelClient>>,
+    /// One client per configured sentinel, built on first use and kept (it
+    /// caches its connection to that sentinel). One per sentinel, not one
+    /// for all: the crate asks a list of sentinels in order, so one that
+    /// hangs (stopped, or its host dropping packets) would hold up every
+    /// lookup behind it; asked apart, the others still answer.
+    sentinels: Vec<Mutex<Option<SentinelClient>>>,
 }
 
 /// rustls picks the process-wide provider; the daemon uses ring everywhere
@@ -77,9 +81,10 @@ impl RedisTarget {
                 "redis.tls_insecure = true: the Redis server's certificate is NOT verified, so anyone on the path can impersonate it; use this for tests only and set redis.tls_ca_file instead"
             );
         }
+        let sentinels = cfg.access.sentinel.as_ref().map_or(0, |s| s.sentinels.len());
         Self {
             cfg: cfg.clone(),
-            sentinel: Mutex::new(None),
+            sentinels: (0..sentinels).map(|_| Mutex::new(None)).collect(),
         }
     }
 
@@ -115,14 +120,7 @@ impl RedisTarget {
     pub async fn resolve(&self) -> RedisResult<Resolved> {
         let certs = certificates(&self.cfg.access.tls)?;
         if let Some(s) = &self.cfg.access.sentinel {
-            let mut guard = self.sentinel.lock().await;
-            if guard.is_none() {
-                *guard = Some(self.sentinel_client(s, certs)?);
-            }
-            let Some(client) = guard.as_mut() else {
-                return Err(RedisError::from((ErrorKind::Client, "sentinel client missing")));
-            };
-            let found = client.async_get_client().await?.get_connection_info().clone();
+            let found = self.ask_sentinels(s, certs).await?;
             let address = address_of(&found);
             let settings = found.redis_settings().clone().set_skip_set_lib_name();
             let master = Client::open(found.set_redis_settings(settings))?;
@@ -204,15 +202,75 @@ impl RedisTarget {
         Ok(info.set_addr(addr).set_redis_settings(settings))
     }
 
-    fn sentinel_client(
+    /// The master the sentinels name, confirmed by its own `ROLE`: every
+    /// sentinel is asked at once and the first confirmed answer wins (during
+    /// a failover some still name the dead master, which fails its `ROLE`
+    /// check). Each lookup is bounded by `connect_timeout + op_timeout`,
+    /// waiting for its sentinel's lock included, so no caller (the
+    /// reconnect, the L1 listener) waits on a sentinel without end; a
+    /// sentinel that timed out is connected afresh next time.
+    async fn ask_sentinels(
         &self,
         s: &crate::config::SentinelSettings,
         certs: Option<TlsCertificates>,
-    ) -> RedisResult<SentinelClient> {
-        let mut addrs = Vec::new();
-        for url in &s.sentinels {
-            addrs.push(url.as_str().into_connection_info()?.addr().clone());
+    ) -> RedisResult<ConnectionInfo> {
+        if self.sentinels.is_empty() {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "redis.sentinels lists no sentinel",
+            )));
         }
+        let bound = self.cfg.connect_timeout + self.cfg.op_timeout;
+        let lookups = s.sentinels.iter().zip(&self.sentinels).map(|(url, slot)| {
+            let certs = certs.clone();
+            Box::pin(async move {
+                let looked = tokio::time::timeout(bound, async {
+                    let mut guard = slot.lock().await;
+                    if guard.is_none() {
+                        *guard = Some(self.sentinel_client(url, s, certs)?);
+                    }
+                    let Some(client) = guard.as_mut() else {
+                        return Err(RedisError::from((ErrorKind::Client, "sentinel client missing")));
+                    };
+                    let found = client.async_get_client().await;
+                    if found.is_err() {
+                        // A fresh connection next time, whatever state this one is in.
+                        *guard = None;
+                    }
+                    Ok(found?.get_connection_info().clone())
+                })
+                .await;
+                match looked {
+                    Ok(r) => {
+                        r.map_err(|e| RedisError::from((e.kind(), "sentinel lookup failed", format!("{url}: {e}"))))
+                    }
+                    // The dropped lookup may have held a half-used
+                    // connection: it is rebuilt on the next lookup.
+                    Err(_) => {
+                        if let Ok(mut g) = slot.try_lock() {
+                            *g = None;
+                        }
+                        Err(RedisError::from((
+                            ErrorKind::Io,
+                            "sentinel did not answer in time",
+                            format!("{url}: no master named within {bound:?} (connect_timeout + op_timeout)"),
+                        )))
+                    }
+                }
+            })
+        });
+        futures::future::select_ok(lookups).await.map(|(found, _)| found)
+    }
+
+    /// A client for one sentinel (its URL may carry TLS), which names the
+    /// master and builds the master's connection details from `url`.
+    fn sentinel_client(
+        &self,
+        sentinel_url: &str,
+        s: &crate::config::SentinelSettings,
+        certs: Option<TlsCertificates>,
+    ) -> RedisResult<SentinelClient> {
+        let addrs = vec![sentinel_url.into_connection_info()?.addr().clone()];
         let sentinels_tls = addrs.iter().all(|a| matches!(a, ConnectionAddr::TcpTls { .. }));
         let insecure = self.cfg.access.tls.insecure;
         let mut b = SentinelClientBuilder::new(addrs, &s.master, SentinelServerType::Master)?;
