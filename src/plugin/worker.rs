@@ -28,6 +28,9 @@ struct Job {
     /// The plugin's configured timeout, for messages.
     limit: Duration,
     reply: oneshot::Sender<Result<RawOutput, FetchError>>,
+    /// When the job was handed to the thread: a fetch that times out says
+    /// whether it waited for the thread or ran long.
+    queued: Instant,
 }
 
 pub struct Worker {
@@ -78,7 +81,9 @@ impl Worker {
                 while let Some(job) = rx.recv().await {
                     let st = std::rc::Rc::clone(&state);
                     tasks.spawn_local(async move {
+                        let began = Instant::now();
                         let res = st.fetch(&job.args, job.deadline, job.limit).await;
+                        log_timing(&job, began, &res);
                         let _ = job.reply.send(res);
                     });
                     while tasks.try_join_next().is_some() {}
@@ -157,10 +162,32 @@ impl Worker {
             deadline,
             limit,
             reply,
+            queued: Instant::now(),
         });
         (rx, guard)
     }
 }
+
+/// How long a job waited for its Lua thread and ran there. A timed-out
+/// fetch, or one that waited long for the thread, is logged at warn with
+/// both, so a stalled thread (the fetch never started) is told apart from
+/// plugin code that ran long; every job is logged at debug.
+fn log_timing(job: &Job, began: Instant, res: &Result<RawOutput, FetchError>) {
+    let queued_ms = began.duration_since(job.queued).as_millis() as u64;
+    let ran_ms = began.elapsed().as_millis() as u64;
+    let timed_out = matches!(res, Err(FetchError::PluginTimeout(_)));
+    if timed_out || queued_ms >= SLOW_START_MS {
+        tracing::warn!(
+            ticker = %job.args.ticker, queued_ms, ran_ms, timed_out,
+            "a plugin fetch waited for its Lua thread or ran long (queued_ms: handed over until the thread started it; ran_ms: Lua and host calls)"
+        );
+    } else {
+        tracing::debug!(ticker = %job.args.ticker, queued_ms, ran_ms, "lua fetch");
+    }
+}
+
+/// A fetch that waits this long for its Lua thread to start it is logged.
+const SLOW_START_MS: u64 = 1000;
 
 /// Decrements the worker's in-flight count when the caller stops waiting.
 pub struct InflightGuard(Arc<AtomicUsize>);
