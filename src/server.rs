@@ -1,10 +1,15 @@
 //! `tickerd serve`: bind, serve, and drain on SIGTERM/SIGINT.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::daemon::Daemon;
+use crate::http::Cores;
+use crate::plugin::ScanReport;
+use crate::producer::Producer;
+use crate::reload::WatchHandle;
 
 async fn shutdown_signal() {
     let term = async {
@@ -31,32 +36,7 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
             return 1;
         }
     };
-    // start() makes the first connection attempt; the supervisor only takes
-    // over afterwards, so start-up does not connect twice.
-    let report = daemon.start().await;
-    daemon.cache().redis().spawn_supervisor();
-    daemon.cache().start_l1();
-    crate::reload::spawn_sighup(Arc::clone(&daemon));
-    let _watch = match crate::reload::watch(Arc::clone(&daemon)) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, "hot reload is off: cannot watch the plugins directory; SIGHUP or POST /v1/reload still rescan (try --poll on NFS and some container mounts)");
-            None
-        }
-    };
-    // The bound address, not the configured one: with port 0 the kernel
-    // picks the port, and this line is where an operator (or the test
-    // harness) learns it.
-    let bound = listener
-        .local_addr()
-        .map_or_else(|_| cfg.listen.to_string(), |a| a.to_string());
-    tracing::info!(
-        listen = %bound, plugins_dir = %cfg.plugins_dir.display(),
-        plugins = report.loaded.len(), failed = report.failed.len(),
-        redis = %daemon.cache().redis().display_url(),
-        redis_up = daemon.cache().redis().is_up(),
-        "tickerd is serving"
-    );
+    let (report, _watch) = start_background(&daemon).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let producer = match crate::producer::spawn(Arc::clone(&daemon), stop_rx.clone()) {
         Ok(p) => p,
@@ -65,6 +45,12 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
             return 2;
         }
     };
+    // The bound address, not the configured one: with port 0 the kernel
+    // picks the port, and this line is where an operator (or the test
+    // harness) learns it.
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| cfg.listen.to_string(), |a| a.to_string());
     let app = crate::http::router(Arc::clone(&daemon));
     let threads = cfg.http_threads.unwrap_or_else(crate::http::default_http_threads);
     let limits = crate::http::ConnLimits::new(&cfg.http, daemon.metrics());
@@ -75,6 +61,13 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
             return 1;
         }
     };
+    tracing::info!(
+        listen = %bound, plugins_dir = %cfg.plugins_dir.display(),
+        plugins = report.loaded.len(), failed = report.failed.len(),
+        redis = %daemon.cache().redis().display_url(),
+        redis_up = daemon.cache().redis().is_up(),
+        "tickerd is serving"
+    );
     // A serving thread only stops on its own if it failed.
     let failed = tokio::select! {
         _ = shutdown_signal() => None,
@@ -90,9 +83,32 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
         cores.release();
         return 1;
     }
-    // Give in-flight requests `drain_timeout` to finish, and the producer
-    // as long to flush its Kafka queue, side by side.
-    let drain = cfg.drain_timeout;
+    drain(cores, producer, cfg.drain_timeout).await
+}
+
+/// The first Redis connection and plugin scan, then what runs beside the
+/// HTTP threads: the Redis supervisor, the L1's subscription, SIGHUP and
+/// the plugins-directory watcher (kept alive by the returned handle).
+async fn start_background(daemon: &Arc<Daemon>) -> (ScanReport, Option<WatchHandle>) {
+    // start() makes the first connection attempt; the supervisor only takes
+    // over afterwards, so start-up does not connect twice.
+    let report = daemon.start().await;
+    daemon.cache().redis().spawn_supervisor();
+    daemon.cache().start_l1();
+    crate::reload::spawn_sighup(Arc::clone(daemon));
+    let watch = match crate::reload::watch(Arc::clone(daemon)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "hot reload is off: cannot watch the plugins directory; SIGHUP or POST /v1/reload still rescan (try --poll on NFS and some container mounts)");
+            None
+        }
+    };
+    (report, watch)
+}
+
+/// Gives in-flight requests `drain` to finish, and the producer as long to
+/// flush its Kafka queue, side by side; the exit code.
+async fn drain(mut cores: Cores, producer: Producer, drain: Duration) -> u8 {
     let flushed = producer.finish(drain);
     let drained = tokio::time::timeout(drain, async {
         let mut first_err = None;

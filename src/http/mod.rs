@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
 pub(crate) use conn::Limits as ConnLimits;
-pub(crate) use cores::{default_threads as default_http_threads, start as serve_per_core};
+pub(crate) use cores::{Cores, default_threads as default_http_threads, start as serve_per_core};
 pub(crate) use error::ApiError;
 
 use crate::daemon::Daemon;

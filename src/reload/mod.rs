@@ -8,7 +8,7 @@ mod watcher;
 
 use std::sync::Arc;
 
-pub(crate) use watcher::watch;
+pub(crate) use watcher::{WatchHandle, watch};
 
 use crate::daemon::Daemon;
 
