@@ -516,18 +516,6 @@ async fn fifty_concurrent_misses_make_one_plugin_call() {
     );
 }
 
-/// Calls of one Redis command so far (`INFO commandstats`).
-fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
-    let mut c = redis.conn();
-    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut c).expect("INFO");
-    let tag = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&tag))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
     let gate = Gate::new();
@@ -541,7 +529,7 @@ async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
         || async { (mock.in_flight() == 1).then_some(()) },
     )
     .await;
-    let reads_before = redis_calls(&redis, "hmget");
+    let reads_before = redis.command_calls("hmget");
     let followers: Vec<_> = (0..20)
         .map(|_| {
             let (http, url) = (d.http.clone(), d.url(path));
@@ -561,7 +549,7 @@ async fn requests_arriving_during_a_miss_wait_for_it_without_asking_redis() {
     }
     assert_eq!(first.await.unwrap().unwrap(), 200);
     assert_eq!(
-        redis_calls(&redis, "hmget"),
+        redis.command_calls("hmget"),
         reads_before,
         "followers of a running miss read redis"
     );

@@ -451,18 +451,6 @@ return {
 }
 "#;
 
-/// Calls of one Redis command so far (`INFO commandstats`).
-fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
-    let mut c = redis.conn();
-    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut c).expect("INFO");
-    let tag = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&tag))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// README "Fleet lock": daemons waiting on another daemon's lock answer the
 /// holder's error instead of calling the upstream again.
 #[tokio::test]
@@ -504,7 +492,7 @@ async fn a_lock_holders_error_reaches_the_daemon_waiting_on_the_lock() {
 
     // B's request arrives and polls the lock (its lock script calls keep
     // coming while A, parked at the mock, makes none).
-    let before = redis_calls(&redis, "evalsha");
+    let before = redis.command_calls("evalsha");
     let (http, url) = (b.http.clone(), b.url(path));
     let from_b = tokio::spawn(async move {
         let r = http.get(url).send().await.expect("GET B");
@@ -512,7 +500,7 @@ async fn a_lock_holders_error_reaches_the_daemon_waiting_on_the_lock() {
     });
     wait_for("B to poll the fleet lock", Duration::from_secs(30), || async {
         let arrived = metric(&b.metrics().await, "stock_requests_total", &[("plugin", "g")]) == Some(1.0);
-        (arrived && redis_calls(&redis, "evalsha") >= before + 10).then_some(())
+        (arrived && redis.command_calls("evalsha") >= before + 10).then_some(())
     })
     .await;
     assert_eq!(mock.count("/q/AAPL"), 1, "B did not call the upstream while waiting");

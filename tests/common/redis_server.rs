@@ -182,6 +182,18 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("redis url")
     }
 
+    /// Calls of one Redis command so far (`INFO commandstats`), 0 before the first.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let mut c = self.conn();
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut c).expect("INFO");
+        let tag = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&tag))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn conn(&self) -> redis::Connection {
         self.client()
             .get_connection_with_timeout(Duration::from_secs(2))
