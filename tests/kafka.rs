@@ -33,6 +33,22 @@ async fn metrics_value(d: &common::Daemon, name: &str, labels: &[(&str, &str)]) 
     counter_or_zero(&d.metrics().await, name, labels)
 }
 
+/// Every record the reader saw was acknowledged, so `stream_published_total`
+/// counts at least as many.
+async fn assert_acknowledged_are_counted(d: &common::Daemon, reader: &Reader) {
+    let read = reader.snapshot().len() as f64;
+    let published = metrics_value(
+        d,
+        "stream_published_total",
+        &[("stream", "stock-data"), ("sink", "kafka")],
+    )
+    .await;
+    assert!(
+        published >= read,
+        "acknowledged records are counted: {published} < {read}"
+    );
+}
+
 /// A counter asserted to be 0. A labelled counter appears only at its first
 /// increment, so absent counts as 0 here; the tests that see records
 /// arrive assert the same series is positive, so a renamed metric fails there.
@@ -105,17 +121,7 @@ async fn records_are_keyed_by_ticker_with_headers_and_the_answer_as_json_in_orde
         assert!(!bars.is_empty());
         assert_eq!(&r.value["bars"], &body["bars"]);
     }
-    let read = reader.snapshot().len() as f64;
-    let published = metrics_value(
-        &d,
-        "stream_published_total",
-        &[("stream", "stock-data"), ("sink", "kafka")],
-    )
-    .await;
-    assert!(
-        published >= read,
-        "acknowledged records are counted: {published} < {read}"
-    );
+    assert_acknowledged_are_counted(&d, &reader).await;
 }
 
 #[tokio::test]
@@ -409,17 +415,7 @@ async fn tls_records_arrive_through_a_tls_listener_and_are_read_back() {
     // Producer and reader each completed handshakes; none was refused.
     assert!(tls.handshakes() >= 2, "TLS handshakes: {}", tls.handshakes());
     assert_eq!(tls.refused(), 0, "no failed handshake");
-    let read = reader.snapshot().len() as f64;
-    let published = metrics_value(
-        &d,
-        "stream_published_total",
-        &[("stream", "stock-data"), ("sink", "kafka")],
-    )
-    .await;
-    assert!(
-        published >= read,
-        "acknowledged records are counted: {published} < {read}"
-    );
+    assert_acknowledged_are_counted(&d, &reader).await;
 }
 
 /// A CA that did not sign the broker's certificate: every handshake fails,

@@ -509,13 +509,10 @@ pub(crate) fn out_of_range(v: Duration, (min, max): (Duration, Duration)) -> Opt
 }
 
 fn within(key: &str, v: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
-    if v < min || v > max {
-        return Err(invalid(
-            key,
-            format!("{} is out of range; expected {} to {}", show(v), show(min), show(max)),
-        ));
+    match out_of_range(v, (min, max)) {
+        Some(m) => Err(invalid(key, m)),
+        None => Ok(v),
     }
-    Ok(v)
 }
 
 fn bounded_dur(
