@@ -54,13 +54,12 @@ impl L1 {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// The L1's view of `range`, while coherent.
-    pub fn get(&self, id: &SeriesId, range: DateRange) -> Option<Snapshot> {
+    /// The L1's view of the series, while coherent.
+    pub fn get(&self, id: &SeriesId) -> Option<Arc<Snapshot>> {
         if !self.is_active() {
             return None;
         }
-        let s = self.series.get(id)?;
-        Some(s.clip(range))
+        self.series.get(id)
     }
 
     /// Keeps what a Redis read of `window` saw, unless a notice arrived
@@ -210,8 +209,7 @@ mod tests {
     }
 
     fn holds(l1: &L1, id: &SeriesId) -> bool {
-        l1.get(id, r("2024-01-01", "2024-01-31"))
-            .is_some_and(|s| s.bars.contains_key(&d("2024-01-02")))
+        l1.get(id).is_some_and(|s| s.bars.contains_key(&d("2024-01-02")))
     }
 
     #[test]
@@ -225,7 +223,7 @@ mod tests {
         assert!(holds(&l1, &a));
         // The subscription drops: emptied and bypassed, even once back.
         l1.set_active(false);
-        assert!(l1.get(&a, r("2024-01-01", "2024-01-31")).is_none());
+        assert!(l1.get(&a).is_none());
         l1.set_active(true);
         assert!(!holds(&l1, &a));
     }

@@ -379,18 +379,14 @@ impl Cache {
     }
 
     /// The L1's view, when configured and coherent.
-    pub fn l1_read(&self, id: &SeriesId, range: DateRange) -> Option<Snapshot> {
-        self.l1.as_ref()?.get(id, range)
+    pub fn l1_read(&self, id: &SeriesId) -> Option<Arc<Snapshot>> {
+        self.l1.as_ref()?.get(id)
     }
 }
 
 impl Store for Cache {
-    fn read_hot(&self, id: &SeriesId, range: DateRange) -> Option<Read> {
-        self.l1_read(id, range).map(|snapshot| Read {
-            snapshot,
-            layer: Layer::L1,
-            corrupt: 0,
-        })
+    fn read_hot(&self, id: &SeriesId) -> Option<Arc<Snapshot>> {
+        self.l1_read(id)
     }
 
     fn read<'a>(&'a self, id: &'a SeriesId, range: DateRange) -> StoreFuture<'a, Read> {

@@ -322,7 +322,11 @@ impl RedisSeries {
             let mut d = range.start();
             let mut dates = Vec::with_capacity(days as usize);
             while d <= range.end() {
-                cmd.arg(bar_field(d));
+                // The field written in place: a String per date showed in the hit-path profile.
+                match crate::model::ymd(d) {
+                    Some(field) => cmd.arg(&field[..]),
+                    None => cmd.arg(bar_field(d)),
+                };
                 dates.push(d);
                 match d.succ_opt() {
                     Some(n) => d = n,

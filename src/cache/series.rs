@@ -34,11 +34,6 @@ pub fn date_of(day: i64) -> Option<NaiveDate> {
     EPOCH.checked_add_signed(chrono::TimeDelta::try_days(day)?)
 }
 
-/// The UTC date of a unix time in milliseconds.
-pub fn utc_date(ms: u64) -> NaiveDate {
-    date_of((ms / 86_400_000) as i64).unwrap_or(EPOCH)
-}
-
 /// One fetched interval: the plugin was asked for (or declared) `from..=to`
 /// at `fetched_ms`; `empty` when that answer had no bar at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,8 +211,18 @@ impl Freshness {
     /// `ttl` only, even once the date has settled: it may have been an
     /// intraday bar, so it is fetched once more after settling.
     pub fn fresh_until(&self, date: NaiveDate, span: &Span) -> u64 {
-        let fetched_day = day_of(utc_date(span.fetched_ms));
-        let settled = day_of(date) < fetched_day - self.settle_days;
+        self.fresh_until_settled(span, day_of(date) < self.live_from(span))
+    }
+
+    /// The first day (days since 1970-01-01) that was still on the live
+    /// edge when `span` was fetched: earlier days had settled.
+    pub fn live_from(&self, span: &Span) -> i64 {
+        (span.fetched_ms / 86_400_000) as i64 - self.settle_days
+    }
+
+    /// Until when (unix ms) a date of `span` is fresh, given whether it had
+    /// settled when fetched.
+    pub fn fresh_until_settled(&self, span: &Span, settled: bool) -> u64 {
         let mut life = if settled { self.settled_ttl } else { self.ttl };
         if span.empty {
             life = life.min(self.negative_ttl);

@@ -10,6 +10,7 @@
 //!
 //! Methods return boxed futures so the pipeline can hold `Arc<dyn Store>`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -94,8 +95,10 @@ pub struct Written {
 
 pub trait Store: Send + Sync {
     /// An in-process view (the L1) asked before [`Store::read`]; only a
-    /// view that answers the whole request is used.
-    fn read_hot(&self, _id: &SeriesId, _range: DateRange) -> Option<Read> {
+    /// view that answers the whole request is used. It is the whole stored
+    /// series, shared, not a copy cut to the range: callers look inside the
+    /// range only, and a hit then copies nothing but the bars it answers.
+    fn read_hot(&self, _id: &SeriesId) -> Option<Arc<Snapshot>> {
         None
     }
 

@@ -21,8 +21,13 @@ fn request_id(req: &Request) -> HeaderValue {
     {
         return v.clone();
     }
-    let id = format!("{:016x}", rand::rng().random::<u64>());
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    // 16 hex digits written in place (no formatter on every request).
+    let n = rand::rng().random::<u64>();
+    let mut hex = [0u8; 16];
+    for (i, c) in hex.iter_mut().enumerate() {
+        *c = b"0123456789abcdef"[(n >> (60 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Longest path kept in an access-log line; plugin and ticker names are
@@ -43,13 +48,22 @@ fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}…(+{} bytes)", &s[..end], s.len() - end))
 }
 
+/// The one middleware of the router: request id, the URI length bound (414
+/// before any parsing), and the access-log line, for every route and every
+/// answer, 414s included. One layer, not three: each `from_fn` layer boxes
+/// and clones on every request.
 pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert("x-request-id", id.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let mut resp = next.run(req).await;
+    // Shares the request's buffer: no copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let mut resp = match super::uri_too_long(&uri) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    };
     let took = started.elapsed();
     let (plugin, ticker) = match path.strip_prefix("/v1/data/").and_then(|r| r.split_once('/')) {
         Some((p, t)) => (p, t),
@@ -58,7 +72,7 @@ pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     crate::logging::access(&crate::logging::AccessLine {
         request_id: id.to_str().unwrap_or(""),
         method: &clip(method.as_str(), MAX_LOGGED_NAME),
-        path: &clip(&path, MAX_LOGGED_PATH),
+        path: &clip(path, MAX_LOGGED_PATH),
         plugin: &clip(plugin, MAX_LOGGED_NAME),
         ticker: &clip(ticker, MAX_LOGGED_NAME),
         cache: resp

@@ -1,7 +1,7 @@
 //! `GET /v1/data/{plugin}/{ticker}`.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
@@ -37,29 +37,30 @@ fn wants(q: &Query, headers: &HeaderMap) -> Result<Format, ApiError> {
 }
 
 /// Turns path and query into a validated request (the request rules in the README, "HTTP API").
-pub(crate) fn parse_request(
+pub(crate) fn parse_request<'q>(
     plugin: &str,
     ticker: &str,
-    raw_query: Option<&str>,
+    raw_query: Option<&'q str>,
     today: chrono::NaiveDate,
-) -> Result<(DataRequest, Query), ApiError> {
+) -> Result<(DataRequest, Query<'q>), ApiError> {
     let q = Query::parse(raw_query, &["start", "end", "refresh", "format"])?;
     let plugin = PluginName::parse(plugin).map_err(|_| FetchError::PluginNotFound(plugin.to_owned()))?;
     let req = DataRequest::from_parts(plugin, ticker, q.get("start"), q.get("end"), q.flag("refresh")?, today)?;
     Ok((req, q))
 }
 
+/// Takes the request whole, where the `RawQuery` and `HeaderMap` extractors
+/// would copy the query string and every header on each call.
 pub(crate) async fn get_data(
     State(d): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let Path((plugin, ticker)) = path?;
     let today = chrono::Utc::now().date_naive();
-    let (req, q) = parse_request(&plugin, &ticker, raw.as_deref(), today)?;
+    let (req, q) = parse_request(&plugin, &ticker, request.uri().query(), today)?;
     req.range.check_span(d.config().http.max_range_days)?;
-    let format = wants(&q, &headers)?;
+    let format = wants(&q, request.headers())?;
     let answer = d.get(&req).await?;
     let x_cache = HeaderValue::from_static(answer.status.header());
     let mut resp = match format {
@@ -96,7 +97,7 @@ mod tests {
         chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()
     }
 
-    fn field(r: Result<(DataRequest, Query), ApiError>) -> String {
+    fn field(r: Result<(DataRequest, Query<'_>), ApiError>) -> String {
         match r {
             Err(ApiError::BadRequest { field, .. }) => field,
             Err(other) => panic!("expected 400, got {other:?}"),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
@@ -46,7 +46,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/", get(status_page::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(limit_uri))
         .layer(middleware::from_fn(access::log_request))
         .with_state(state)
 }
@@ -59,16 +58,14 @@ async fn method_not_allowed(req: Request) -> Response {
     ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path())).into_response()
 }
 
-async fn limit_uri(req: Request, next: Next) -> Response {
-    let len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+/// The 414 answer for a request target over its route's limit, if it is.
+fn uri_too_long(uri: &axum::http::Uri) -> Option<Response> {
+    let len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
     // The bulk route names up to 1000 tickers in its query.
-    let limit = if bulk::is_bulk_path(req.uri().path()) {
+    let limit = if bulk::is_bulk_path(uri.path()) {
         bulk::MAX_BULK_URI
     } else {
         MAX_URI
     };
-    if len > limit {
-        return ApiError::UriTooLong(format!("{len} bytes; the limit is {limit}")).into_response();
-    }
-    next.run(req).await
+    (len > limit).then(|| ApiError::UriTooLong(format!("{len} bytes; the limit is {limit}")).into_response())
 }

@@ -1,16 +1,20 @@
 //! Query strings parsed strictly: known names only, each at most once, so a
 //! typo (`strat=`) is a 400 naming it instead of a silently ignored filter.
 
+use std::borrow::Cow;
+
 use super::error::ApiError;
 
-pub(crate) struct Query {
-    values: Vec<(String, String)>,
+/// Borrows from the query string: a value copies only when it was
+/// percent-encoded (every data request parses one).
+pub(crate) struct Query<'a> {
+    values: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl Query {
-    pub(crate) fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
+impl<'a> Query<'a> {
+    pub(crate) fn parse(raw: Option<&'a str>, allowed: &[&str]) -> Result<Self, ApiError> {
         // A handful of parameters at most: a small vector beats hashing.
-        let mut values: Vec<(String, String)> = Vec::with_capacity(4);
+        let mut values: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(4);
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
             if !allowed.contains(&k.as_ref()) {
                 return Err(ApiError::bad_request(
@@ -24,7 +28,7 @@ impl Query {
                     format!("{k} is given more than once"),
                 ));
             }
-            values.push((k.into_owned(), v.into_owned()));
+            values.push((k, v));
         }
         Ok(Self { values })
     }
@@ -33,8 +37,8 @@ impl Query {
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values
             .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_ref())
             .filter(|v| !v.is_empty())
     }
 

@@ -236,11 +236,11 @@ impl Flow {
                 pm.coalesced.inc();
                 return self.finish(req, &l.snap, l.fetched, l.layer, &policy, None, l.no_data.clone());
             }
-            if let Some(hot) = self.store.read_hot(&id, range)
-                && plan::gap(&hot.snapshot, range, &policy.fresh, self.clock.now_ms()).is_none()
+            if let Some(hot) = self.store.read_hot(&id)
+                && plan::gap(&hot, range, &policy.fresh, self.clock.now_ms()).is_none()
             {
                 pm.hit_l1();
-                return self.finish(req, &hot.snapshot, None, Layer::L1, &policy, None, None);
+                return self.finish(req, &hot, None, Layer::L1, &policy, None, None);
             }
             let read = self.read(&id, range, &pm).await;
             if plan::gap(&read.snapshot, range, &policy.fresh, self.clock.now_ms()).is_none() {

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use chrono::NaiveDate;
 
-use crate::cache::series::{Freshness, Snapshot};
+use crate::cache::series::{Freshness, Snapshot, date_of, day_of};
 use crate::model::DateRange;
 
 fn days(range: DateRange) -> impl Iterator<Item = NaiveDate> {
@@ -15,17 +15,43 @@ fn days(range: DateRange) -> impl Iterator<Item = NaiveDate> {
 
 /// The smallest interval spanning every date of `range` that is missing or
 /// stale at `now`; `None` when every date is covered and fresh (a hit).
+///
+/// Worked out span by span, not date by date: every hit runs it, and a
+/// span's dates fall in at most two runs of one freshness each (settled
+/// history, then the live edge), so a year-long range costs a few
+/// comparisons instead of 365 date lookups.
 pub fn gap(snap: &Snapshot, range: DateRange, fresh: &Freshness, now: u64) -> Option<DateRange> {
-    let mut first = None;
-    let mut last = None;
-    for d in days(range) {
-        let ok = snap.coverage.span_of(d).is_some_and(|s| fresh.fresh_until(d, s) > now);
-        if !ok {
-            first.get_or_insert(d);
-            last = Some(d);
+    let (start, end) = (day_of(range.start()), day_of(range.end()));
+    let (mut first, mut last): (Option<i64>, Option<i64>) = (None, None);
+    let mut bad = |a: i64, b: i64| {
+        if a <= b {
+            first.get_or_insert(a);
+            last = Some(b);
         }
+    };
+    // The first day not yet accounted for.
+    let mut next = start;
+    for s in snap.coverage.spans() {
+        let (from, to) = (day_of(s.from).max(start), day_of(s.to).min(end));
+        if to < next {
+            continue;
+        }
+        if from > end {
+            break;
+        }
+        bad(next, from - 1);
+        // Days before `live` are settled for this span's fetch.
+        let live = fresh.live_from(s).clamp(from, to + 1);
+        if fresh.fresh_until_settled(s, true) <= now {
+            bad(from, live - 1);
+        }
+        if fresh.fresh_until_settled(s, false) <= now {
+            bad(live, to);
+        }
+        next = to + 1;
     }
-    DateRange::new(first?, last?).ok()
+    bad(next, end);
+    DateRange::new(date_of(first?)?, date_of(last?)?).ok()
 }
 
 /// Whether every date of `range` can be served after a failed fetch: each is
@@ -83,7 +109,7 @@ pub fn assemble(snap: &Snapshot, range: DateRange, fresh: &Freshness, fetched: O
 mod tests {
     use super::*;
     use crate::cache::series::tests::{d, r};
-    use crate::cache::series::{Span, Write, day_of};
+    use crate::cache::series::{Span, Write, date_of, day_of};
     use std::time::Duration;
 
     const H: u64 = 3_600_000;
@@ -226,5 +252,52 @@ mod tests {
         // February's 02-01..02-15 were settled when fetched on 03-01 too.
         assert_eq!(a.first_stale_ms, Some(t0 - 10 * H + 30 * 24 * H));
         assert!(a.bars[0].starts_with(b"{\"date\":\"2024-01-15\""));
+    }
+
+    /// The definition `gap` must keep: date by date.
+    fn gap_by_date(snap: &Snapshot, range: DateRange, fresh: &Freshness, now: u64) -> Option<DateRange> {
+        let bad: Vec<NaiveDate> = days(range)
+            .filter(|d| {
+                snap.coverage
+                    .span_of(*d)
+                    .is_none_or(|s| fresh.fresh_until(*d, s) <= now)
+            })
+            .collect();
+        DateRange::new(*bad.first()?, *bad.last()?).ok()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn gap_span_by_span_is_gap_date_by_date(
+            spans in proptest::collection::vec((0i64..120, 0i64..20, 0u64..200, proptest::bool::ANY), 0..6),
+            start in 0i64..140,
+            len in 0i64..60,
+            now_h in 0u64..(24 * 200),
+            settle in 0u64..5,
+        ) {
+            let base = day_of(d("2024-01-01"));
+            let fresh = Freshness::new(
+                std::time::Duration::from_secs(settle * 86_400),
+                std::time::Duration::from_secs(30 * 86_400),
+                std::time::Duration::from_secs(3_600),
+                std::time::Duration::from_secs(600),
+            );
+            let mut snap = Snapshot::default();
+            for (from, days, fetched_h, empty) in spans {
+                snap.apply(&Write {
+                    span: Span {
+                        from: date_of(base + from).unwrap(),
+                        to: date_of(base + from + days).unwrap(),
+                        fetched_ms: (base as u64) * 86_400_000 + fetched_h * H * 12,
+                        empty,
+                    },
+                    bars: Vec::new(),
+                    meta: None,
+                });
+            }
+            let range = DateRange::new(date_of(base + start).unwrap(), date_of(base + start + len).unwrap()).unwrap();
+            let now = (base as u64) * 86_400_000 + now_h * H;
+            proptest::prop_assert_eq!(gap(&snap, range, &fresh, now), gap_by_date(&snap, range, &fresh, now));
+        }
     }
 }
