@@ -51,7 +51,7 @@ pub(crate) async fn serve(daemon: Arc<Daemon>) -> u8 {
     let bound = listener
         .local_addr()
         .map_or_else(|_| cfg.listen.to_string(), |a| a.to_string());
-    let app = crate::http::router(Arc::clone(&daemon));
+    let app = crate::http::App::new(Arc::clone(&daemon));
     let threads = cfg.http_threads.unwrap_or_else(crate::http::default_http_threads);
     let limits = crate::http::ConnLimits::new(&cfg.http, daemon.metrics());
     let mut cores = match crate::http::serve_per_core(listener, app, threads, limits, stop_rx) {

@@ -137,6 +137,7 @@ mod tests {
             ticker: Some(id.ticker.clone()),
             ..Selector::default()
         };
+        assert_eq!(id.local_key(), "yahoo:3:AAPL");
         assert!(sel.matches_local(&id.local_key()));
         assert!(!sel.matches_local("yahoo:3:MSFT"));
     }

@@ -34,7 +34,17 @@ impl SeriesId {
     /// `plugin:version:TICKER`: the in-process layers' key, and the tail of
     /// the Redis keys.
     pub fn local_key(&self) -> String {
-        format!("{}:{}:{}", self.plugin, self.version, self.ticker)
+        // By hand, not format!: every L1 hit builds one.
+        let (plugin, ticker) = (self.plugin.as_str(), self.ticker.as_str());
+        let mut version = itoa::Buffer::new();
+        let version = version.format(self.version);
+        let mut k = String::with_capacity(plugin.len() + version.len() + ticker.len() + 2);
+        k.push_str(plugin);
+        k.push(':');
+        k.push_str(version);
+        k.push(':');
+        k.push_str(ticker);
+        k
     }
 }
 

@@ -48,11 +48,20 @@ fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}…(+{} bytes)", &s[..end], s.len() - end))
 }
 
-/// The one middleware of the router: request id, the URI length bound (414
-/// before any parsing), and the access-log line, for every route and every
-/// answer, 414s included. One layer, not three: each `from_fn` layer boxes
-/// and clones on every request.
-pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
+/// The one middleware of the router: see [`around`].
+pub(crate) async fn log_request(req: Request, next: Next) -> Response {
+    around(req, |r| next.run(r)).await
+}
+
+/// What every request gets, through the router or its `/v1/data` fast path
+/// (`http::App`): request id, the URI length bound (414 before any
+/// parsing), and the access-log line, for every answer, 414s included. One
+/// layer, not three: each `from_fn` layer boxes and clones on every request.
+pub(crate) async fn around<F, Fut>(mut req: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert("x-request-id", id.clone());
@@ -62,7 +71,7 @@ pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     let path = uri.path();
     let mut resp = match super::uri_too_long(&uri) {
         Some(refused) => refused,
-        None => next.run(req).await,
+        None => inner(req).await,
     };
     let took = started.elapsed();
     let (plugin, ticker) = match path.strip_prefix("/v1/data/").and_then(|r| r.split_once('/')) {

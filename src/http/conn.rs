@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::Router;
+use super::App;
 use axum::body::{Body, Bytes, HttpBody};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -35,7 +35,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 use crate::config::HttpConfig;
 
@@ -343,13 +342,7 @@ impl HttpBody for TrackedBody {
 /// Serves one connection until the client closes it, a limit closes it, or
 /// `stop` turns true (then the request in flight finishes and the
 /// connection closes).
-pub(crate) async fn serve(
-    stream: TcpStream,
-    app: Router,
-    lim: Limits,
-    mut stop: watch::Receiver<bool>,
-    _open: OpenGuard,
-) {
+pub(crate) async fn serve(stream: TcpStream, app: App, lim: Limits, mut stop: watch::Receiver<bool>, _open: OpenGuard) {
     let state = Arc::new(ConnState::new());
     let io = GuardedIo {
         inner: stream,
@@ -362,11 +355,9 @@ pub(crate) async fn serve(
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         svc_state.request_started();
         let state = Arc::clone(&svc_state);
-        // Router is always ready; cloning it is an Arc clone (what axum's
-        // own serve loop does per request too).
-        let answer = app.clone().call(req.map(Body::new));
+        let answer = app.call(req.map(Body::new));
         async move {
-            let res = answer.await?;
+            let res = answer.await;
             Ok::<_, Infallible>(res.map(|inner| TrackedBody { inner, state }))
         }
     });

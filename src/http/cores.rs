@@ -28,7 +28,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
+use super::App;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::AsyncWriteExt as _;
@@ -60,7 +60,7 @@ pub(crate) fn default_threads() -> usize {
 /// socket and each thread drains its connections.
 pub(crate) fn start(
     listener: TcpListener,
-    app: Router,
+    app: App,
     threads: usize,
     limits: Limits,
     stop: watch::Receiver<bool>,
@@ -116,7 +116,7 @@ impl Cores {
 /// the request in flight and closes).
 async fn serve_core(
     mut rx: mpsc::UnboundedReceiver<Handoff>,
-    app: Router,
+    app: App,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {

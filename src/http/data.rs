@@ -2,12 +2,13 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
 use super::query::Query;
+use crate::daemon::Daemon;
 use crate::error::FetchError;
 use crate::model::PluginName;
 use crate::pipeline::DataRequest;
@@ -57,10 +58,24 @@ pub(crate) async fn get_data(
     request: Request,
 ) -> Result<Response, ApiError> {
     let Path((plugin, ticker)) = path?;
+    answer(&d, &plugin, &ticker, request.uri(), request.headers()).await
+}
+
+/// The route's work once `plugin` and `ticker` are out of the path (by the
+/// router's extractor, or by `http::App`'s fast path).
+/// (Parts of the request, not the request: its body is not `Sync`, and
+/// the answer is awaited.)
+pub(crate) async fn answer(
+    d: &Daemon,
+    plugin: &str,
+    ticker: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let today = chrono::Utc::now().date_naive();
-    let (req, q) = parse_request(&plugin, &ticker, request.uri().query(), today)?;
+    let (req, q) = parse_request(plugin, ticker, uri.query(), today)?;
     req.range.check_span(d.config().http.max_range_days)?;
-    let format = wants(&q, request.headers())?;
+    let format = wants(&q, headers)?;
     let answer = d.get(&req).await?;
     let x_cache = HeaderValue::from_static(answer.status.header());
     let mut resp = match format {

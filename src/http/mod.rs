@@ -12,6 +12,7 @@ mod info;
 mod query;
 mod status_page;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -19,6 +20,7 @@ use axum::extract::Request;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use futures::future::Either;
 
 pub(crate) use conn::Limits as ConnLimits;
 pub(crate) use cores::{Cores, default_threads as default_http_threads, start as serve_per_core};
@@ -30,6 +32,59 @@ use crate::daemon::Daemon;
 pub(crate) const MAX_URI: usize = 8 * 1024;
 
 pub(crate) type AppState = Arc<Daemon>;
+
+/// What the HTTP threads serve: the router, and a direct way to the data
+/// handler for a plain `GET /v1/data/{plugin}/{ticker}` (no percent-escapes,
+/// exactly two segments), the route every hit takes. The fast path answers
+/// exactly what the router would (same handler, same middleware through
+/// `access::around`); it skips route matching, the extractors' copies and
+/// the tower service stack. Anything else goes through the router.
+#[derive(Clone)]
+pub(crate) struct App {
+    router: Router,
+    state: AppState,
+}
+
+impl App {
+    pub(crate) fn new(state: AppState) -> Self {
+        Self {
+            router: router(Arc::clone(&state)),
+            state,
+        }
+    }
+
+    pub(crate) fn call(&self, req: Request) -> impl Future<Output = Response> + Send + use<> {
+        if req.method() == axum::http::Method::GET && plain_data_path(req.uri().path()).is_some() {
+            let state = Arc::clone(&self.state);
+            Either::Left(access::around(req, move |r| async move {
+                let answer = match plain_data_path(r.uri().path()) {
+                    Some((plugin, ticker)) => data::answer(&state, plugin, ticker, r.uri(), r.headers()).await,
+                    None => Err(ApiError::NotFound(format!("no route for GET {}", r.uri().path()))),
+                };
+                answer.into_response()
+            }))
+        } else {
+            // The router is always ready; cloning it is an Arc clone (what
+            // axum's own serve loop does per request too).
+            let answer = tower_service::Service::call(&mut self.router.clone(), req);
+            Either::Right(async move {
+                match answer.await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            })
+        }
+    }
+}
+
+/// `(plugin, ticker)` of `/v1/data/{plugin}/{ticker}` when the router would
+/// hand both to the data route unchanged: two non-empty segments, no `%`
+/// escape to decode.
+fn plain_data_path(path: &str) -> Option<(&str, &str)> {
+    let (plugin, ticker) = path.strip_prefix("/v1/data/")?.split_once('/')?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    (plain(plugin) && plain(ticker)).then_some((plugin, ticker))
+}
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -68,4 +123,32 @@ fn uri_too_long(uri: &axum::http::Uri) -> Option<Response> {
         MAX_URI
     };
     (len > limit).then(|| ApiError::UriTooLong(format!("{len} bytes; the limit is {limit}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_data_path;
+
+    #[test]
+    fn only_plain_two_segment_data_paths_take_the_fast_path() {
+        assert_eq!(plain_data_path("/v1/data/synthetic/AAPL"), Some(("synthetic", "AAPL")));
+        assert_eq!(
+            plain_data_path("/v1/data/synthetic/BRK.B"),
+            Some(("synthetic", "BRK.B"))
+        );
+        // Left to the router: its own answers (404, 400, decoding) stay the one truth.
+        for path in [
+            "/v1/data/synthetic",
+            "/v1/data/synthetic/",
+            "/v1/data//AAPL",
+            "/v1/data/synthetic/AAPL/",
+            "/v1/data/synthetic/AAPL/x",
+            "/v1/data/synthetic/BRK%2EB",
+            "/v1/data/syn%74hetic/AAPL",
+            "/v1/plugins/synthetic",
+            "/",
+        ] {
+            assert_eq!(plain_data_path(path), None, "{path}");
+        }
+    }
 }
