@@ -362,7 +362,12 @@ pub fn bar_is_sound(date: NaiveDate, text: &[u8]) -> bool {
     let Some(ymd) = crate::model::ymd(date) else {
         return false;
     };
-    rest.starts_with(&ymd) && rest.get(10) == Some(&b'"') && text.ends_with(b"}") && std::str::from_utf8(text).is_ok()
+    // Bars are ASCII in practice, and the ASCII check is several times
+    // cheaper than full UTF-8 validation (it showed in the hit-path profile).
+    rest.starts_with(&ymd)
+        && rest.get(10) == Some(&b'"')
+        && text.ends_with(b"}")
+        && (text.is_ascii() || std::str::from_utf8(text).is_ok())
 }
 
 #[cfg(test)]
@@ -482,6 +487,15 @@ pub(crate) mod tests {
         assert!(!bar_is_sound(d("2024-01-05"), &b("2024-01-04")));
         assert!(!bar_is_sound(d("2024-01-04"), b"{\"date\":\"2024-01-04\""));
         assert!(!bar_is_sound(d("2024-01-04"), b"garbage"));
+        // Non-ASCII text is fine when it is UTF-8, refused when it is not.
+        assert!(bar_is_sound(
+            d("2024-01-04"),
+            "{\"date\":\"2024-01-04\",\"note\":\"é\"}".as_bytes()
+        ));
+        assert!(!bar_is_sound(
+            d("2024-01-04"),
+            b"{\"date\":\"2024-01-04\",\"note\":\"\xff\"}"
+        ));
 
         let mut other = Snapshot::default();
         other.apply(&Write {
