@@ -377,16 +377,12 @@ impl Cache {
             out.problems.push(format!("{key}: {e}"));
         }
     }
-
-    /// The L1's view, when configured and coherent.
-    pub fn l1_read(&self, id: &SeriesId) -> Option<Arc<Snapshot>> {
-        self.l1.as_ref()?.get(id)
-    }
 }
 
 impl Store for Cache {
+    /// The L1's view, when configured and coherent.
     fn read_hot(&self, id: &SeriesId) -> Option<Arc<Snapshot>> {
-        self.l1_read(id)
+        self.l1.as_ref()?.get(id)
     }
 
     fn read<'a>(&'a self, id: &'a SeriesId, range: DateRange) -> StoreFuture<'a, Read> {

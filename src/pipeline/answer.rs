@@ -93,7 +93,10 @@ fn push_rfc3339(out: &mut Vec<u8>, ms: u64) {
 
 impl Answer {
     pub fn fetched_at(&self) -> String {
-        rfc3339(self.fetched_at_ms)
+        let mut out = Vec::with_capacity(20);
+        push_rfc3339(&mut out, self.fetched_at_ms);
+        // push_rfc3339 writes ASCII only.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// The bars as one JSON array.
